@@ -1,0 +1,115 @@
+"""Annealed Langevin dynamics of NCSN (Song & Ermon, 2019, https://arxiv.org/abs/1907.05600) and NCSNv2
+(Song & Ermon, 2020, https://arxiv.org/abs/2006.09011)."""
+
+from __future__ import annotations
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+from ..sde import VESDE
+from .scheduling_utils import (
+    PREDICTION_TYPES,
+    TIMESTEP_TYPES,
+    PredictionType,
+    ScoreSchedulerMixin,
+    ScoreSchedulerOutput,
+    TimestepType,
+    check_positive_int,
+)
+
+
+class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
+    """Annealed Langevin dynamics over geometric noise levels σ_1 = σ_max > … > σ_n = σ_min.
+
+    At each level i, `steps_per_level` (T) Langevin steps with step size α_i = ε·σ_i²/σ_min²:
+
+        x ← x + (α_i/2)·s_θ(x, σ_i) + √α_i·z,
+
+    and, with `final_denoising` (NCSNv2), one last model call at σ_min for the Tweedie step x ← x + σ_min²·s_θ(x, σ_min).
+    `timesteps` repeat each level's model timestep T times, so `len(timesteps) = n·T (+ 1)`. The noise levels are
+    the VE SDE's σ(t) on t = linspace(1, 0, n); with n = `num_train_timesteps` they are NCSN's training levels. In
+    PC terms this is a corrector-only sampler with snr = √(ε/(2σ_min²)).
+
+    Args:
+        num_train_timesteps (`int`, defaults to 232): L, the number of training noise levels (the `"discrete"`
+            label scale: label 0 is σ_max, L − 1 is σ_min).
+        sigma_min (`float`, defaults to 0.01): the smallest noise level σ_L.
+        sigma_max (`float`, defaults to 50.0): the largest noise level σ_1.
+        steps_per_level (`int`, defaults to 5): T, Langevin steps at each level.
+        step_size (`float`, defaults to 6.2e-6): ε; the defaults are NCSNv2's for CIFAR-10.
+        final_denoising (`bool`, defaults to `True`): end with the Tweedie denoising step.
+        prediction_type (`str`, defaults to `"score"`): `"score"` or `"epsilon"` (score = −ε/σ).
+        timestep_type (`str`, defaults to `"sigma"`): `"sigma"`, `"discrete"` or `"continuous"`.
+    """
+
+    _supported_sde_types = ("ve",)
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 232,
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        steps_per_level: int = 5,
+        step_size: float = 6.2e-6,
+        final_denoising: bool = True,
+        prediction_type: PredictionType = "score",
+        timestep_type: TimestepType = "sigma",
+    ):
+        self._check_config({"prediction_type": PREDICTION_TYPES, "timestep_type": TIMESTEP_TYPES})
+        check_positive_int("num_train_timesteps", num_train_timesteps)
+        check_positive_int("steps_per_level", steps_per_level)
+        if step_size <= 0:
+            raise ValueError(f"`step_size` must be > 0; got {step_size}.")
+        self._set_sde(VESDE(sigma_min=sigma_min, sigma_max=sigma_max))
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Set `num_inference_steps` noise levels from σ_max down to σ_min and reset the step state.
+
+        Args:
+            num_inference_steps (`int`): number n of noise levels; the model runs n·T (+ 1) times.
+            device (`str` or `torch.device`, *optional*): where `timesteps` live.
+        """
+        check_positive_int("num_inference_steps", num_inference_steps)
+        times = torch.linspace(self.sde.T, 0, num_inference_steps, dtype=torch.float64)
+        if self.config.final_denoising:
+            times = torch.cat([times.repeat_interleave(self.config.steps_per_level), times[-1:]])
+        else:
+            times = times.repeat_interleave(self.config.steps_per_level)
+        self._sigmas = self.sde.marginal_std(times).tolist()
+        self._reset_timesteps(self.timestep_for_time(times), num_inference_steps, device)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> ScoreSchedulerOutput | tuple:
+        """One Langevin step at the current noise level, or the final Tweedie denoising step.
+
+        Args:
+            model_output (`torch.Tensor` of shape `(batch, *dims)`): the model's score or ε at (`sample`, `timestep`).
+            timestep (`float` or `torch.Tensor`): the current entry of `timesteps`.
+            sample (`torch.Tensor` of shape `(batch, *dims)`): the current x.
+            generator (`torch.Generator` or list of them, *optional*): source of the Langevin noise.
+            return_dict (`bool`, defaults to `True`): return a `ScoreSchedulerOutput` rather than a tuple.
+
+        Returns:
+            `ScoreSchedulerOutput`, or the tuple `(prev_sample, prev_sample_mean, pred_original_sample)`.
+        """
+        index = self._begin_step(model_output, timestep, sample)
+        sigma = self._sigmas[index]
+        score = self._score(model_output, sigma)
+        pred_original = self._denoised(sample, score, 1.0, sigma)
+        is_denoising_step = self.config.final_denoising and index == len(self._sigmas) - 1
+        if is_denoising_step:
+            prev_sample = prev_mean = pred_original
+        else:
+            langevin_step = 0.5 * self.config.step_size * (sigma / self.config.sigma_min) ** 2
+            noise = self._noise_like(sample, generator)
+            prev_sample, prev_mean = self._langevin_update(sample, score, langevin_step, noise)
+        if not return_dict:
+            return prev_sample, prev_mean, pred_original
+        return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)

@@ -1,0 +1,220 @@
+"""Predictor-corrector sampling of the reverse-time SDE (Song et al., 2021, https://arxiv.org/abs/2011.13456)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+from ..sde import append_dims
+from .scheduling_utils import (
+    BETA_SCHEDULES,
+    PREDICTION_TYPES,
+    SDE_TYPES,
+    TIMESTEP_TYPES,
+    BetaSchedule,
+    PredictionType,
+    ScoreSchedulerMixin,
+    ScoreSchedulerOutput,
+    SDEType,
+    TimestepType,
+    build_sde,
+    check_positive_int,
+)
+
+Predictor = Literal["euler_maruyama", "reverse_diffusion", "ancestral"]
+Corrector = Literal["langevin", "none"]
+CorrectorNorm = Literal["sample", "batch"]
+PREDICTORS: tuple[str, ...] = ("euler_maruyama", "reverse_diffusion", "ancestral")
+CORRECTORS: tuple[str, ...] = ("langevin", "none")
+CORRECTOR_NORMS: tuple[str, ...] = ("sample", "batch")
+# ‖score‖ below this counts as zero when sizing a Langevin step, so the step stays finite.
+_MIN_SCORE_NORM = 1e-12
+
+
+class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
+    """Predictor-corrector (PC) sampler for VE, VP and sub-VP SDEs.
+
+    On the time grid 1 = t_0 > … > t_{n−1} = ε (uniform), each time point gets `correct_steps` Langevin corrector
+    steps at fixed t, then one predictor step to t_{i+1}. The last predictor step lands on the data (σ = 0) and adds
+    no noise. Every model evaluation is one entry of `timesteps`, so the scheduler runs in the plain Diffusers loop
+    and `len(timesteps) = n·(1 + correct_steps)`.
+
+    Predictors, with (a, b) the forward transition x_t = a·x_s + b·z from s = t_{i+1} to t = t_i
+    (a = α_t/α_s, b² = σ_t² − a²σ_s²) and s_θ the score at (x, t):
+
+    - ``"euler_maruyama"``: x ← x + (f(t)x − g(t)²s_θ)Δt + g(t)√|Δt|·z, Δt = t_{i+1} − t_i.
+    - ``"reverse_diffusion"``: x ← x − (a − 1)x + b²s_θ + b·z (score_sde's reverse diffusion; Diffusers'
+      `ScoreSdeVeScheduler.step_pred` for VE).
+    - ``"ancestral"``: a draw from the Gaussian posterior q(x_s | x_t, x̂₀): mean (x + b²s_θ)/a, std b·σ_s/σ_t
+      (NCSN ancestral for VE, DDPM with `variance_type="fixed_small"` for VP).
+
+    Corrector ``"langevin"``: x ← x + η·s_θ + √(2η)·z with η = 2α_i(snr·‖z‖/‖s_θ‖)², α_i = 1 for VE and
+    1 − β(t)/N for VP and sub-VP. `corrector_norm="sample"` takes the norms per sample; `"batch"` averages them
+    over the batch as Diffusers' `ScoreSdeVeScheduler.step_correct` does.
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1000):
+            N, the training grid length; sets the `"discrete"` timestep scale and the VP corrector's α_i.
+        sde_type (`str`, defaults to `"ve"`): `"ve"`, `"vp"` or `"subvp"`.
+        predictor (`str`, defaults to `"reverse_diffusion"`): `"euler_maruyama"`, `"reverse_diffusion"` or `"ancestral"`.
+        corrector (`str`, defaults to `"langevin"`): `"langevin"` or `"none"`.
+        snr (`float`, defaults to 0.16): signal-to-noise ratio of the Langevin corrector.
+        correct_steps (`int`, defaults to 1): corrector steps per time point (0 turns the corrector off).
+        corrector_norm (`str`, defaults to `"sample"`): `"sample"` or `"batch"` (see above).
+        sigma_min (`float`, defaults to 0.01), sigma_max (`float`, defaults to 50.0): the VE noise range.
+        beta_min (`float`, defaults to 0.1), beta_max (`float`, defaults to 20.0): the continuous linear VP schedule.
+        beta_schedule (`str`, defaults to `"continuous_linear"`): `"continuous_linear"` uses `beta_min`/`beta_max`;
+            `"linear"`, `"scaled_linear"`, `"squaredcos_cap_v2"`, `"sigmoid"` use Diffusers' DDPM ᾱ table.
+        beta_start (`float`, defaults to 1e-4), beta_end (`float`, defaults to 0.02): DDPM table endpoints.
+        trained_betas (`list[float]`, *optional*): an explicit DDPM β table.
+        sampling_eps (`float`, *optional*): the last time point ε (1e-5 for VE, 1e-3 for VP and sub-VP when unset).
+        prediction_type (`str`, defaults to `"score"`): `"score"` (the model returns ∇log p) or `"epsilon"`.
+        timestep_type (`str`, defaults to `"continuous"`): `"sigma"`, `"discrete"` or `"continuous"`; see
+            `score_diffusers.schedulers.scheduling_utils`.
+    """
+
+    _supported_sde_types = SDE_TYPES
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        sde_type: SDEType = "ve",
+        predictor: Predictor = "reverse_diffusion",
+        corrector: Corrector = "langevin",
+        snr: float = 0.16,
+        correct_steps: int = 1,
+        corrector_norm: CorrectorNorm = "sample",
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        beta_schedule: BetaSchedule = "continuous_linear",
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        trained_betas: list[float] | None = None,
+        sampling_eps: float | None = None,
+        prediction_type: PredictionType = "score",
+        timestep_type: TimestepType = "continuous",
+    ):
+        self._check_config(
+            {
+                "sde_type": SDE_TYPES,
+                "predictor": PREDICTORS,
+                "corrector": CORRECTORS,
+                "corrector_norm": CORRECTOR_NORMS,
+                "beta_schedule": BETA_SCHEDULES,
+                "prediction_type": PREDICTION_TYPES,
+                "timestep_type": TIMESTEP_TYPES,
+            }
+        )
+        check_positive_int("num_train_timesteps", num_train_timesteps)
+        if snr <= 0:
+            raise ValueError(f"`snr` must be > 0; got {snr}.")
+        if isinstance(correct_steps, bool) or not isinstance(correct_steps, int) or correct_steps < 0:
+            raise ValueError(f"`correct_steps` must be an integer >= 0; got {correct_steps!r}.")
+        self._set_sde(
+            build_sde(
+                sde_type, sigma_min, sigma_max, beta_min, beta_max, beta_schedule, beta_start, beta_end,
+                num_train_timesteps, trained_betas,
+            )
+        )
+        self._sampling_eps = self._checked_sampling_eps(sampling_eps)
+
+    @property
+    def evaluations_per_time(self) -> int:
+        """Model evaluations per time point: the corrector steps plus one predictor step."""
+        corrector_steps = self.config.correct_steps if self.config.corrector == "langevin" else 0
+        return corrector_steps + 1
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Set the time grid t_i = linspace(1, ε, `num_inference_steps`) and reset the step state.
+
+        Args:
+            num_inference_steps (`int`): number n of predictor steps; the model runs n·(1 + correct_steps) times.
+            device (`str` or `torch.device`, *optional*): where `timesteps` live.
+        """
+        check_positive_int("num_inference_steps", num_inference_steps)
+        eps = self._sampling_eps
+        times = torch.linspace(self.sde.T, eps, num_inference_steps, dtype=torch.float64)
+        next_times = torch.cat([times[1:], times.new_zeros(1)])
+        # The last step lands on the data: α = 1, σ = 0.
+        alphas = torch.cat([self.sde.mean_coeff(times), times.new_ones(1)])
+        sigmas = torch.cat([self.sde.marginal_std(times), times.new_zeros(1)])
+        self._alphas, self._sigmas = alphas.tolist(), sigmas.tolist()
+        self._drift_coeffs = self.sde.drift_coeff(times).tolist()
+        self._diffusions = self.sde.diffusion(times).tolist()
+        self._time_deltas = (next_times - times).tolist()
+        a, b = self.sde.transition_coeffs(alphas[:-1], sigmas[:-1], alphas[1:], sigmas[1:])
+        self._transition_a, self._transition_b = a.tolist(), b.tolist()
+        if self.config.sde_type == "ve":
+            self._corrector_alphas = [1.0] * num_inference_steps
+        else:
+            self._corrector_alphas = (1 - self.sde.beta(times) / self.config.num_train_timesteps).tolist()
+        model_timesteps = self.timestep_for_time(times).repeat_interleave(self.evaluations_per_time)
+        self._reset_timesteps(model_timesteps, num_inference_steps, device)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> ScoreSchedulerOutput | tuple:
+        """Run the corrector or predictor step that this entry of `timesteps` stands for.
+
+        Args:
+            model_output (`torch.Tensor` of shape `(batch, *dims)`): the model's score or ε at (`sample`, `timestep`).
+            timestep (`float` or `torch.Tensor`): the current entry of `timesteps`.
+            sample (`torch.Tensor` of shape `(batch, *dims)`): the current x_t.
+            generator (`torch.Generator` or list of them, *optional*): source of the step's noise; a list gives one
+                generator per sample.
+            return_dict (`bool`, defaults to `True`): return a `ScoreSchedulerOutput` rather than a tuple.
+
+        Returns:
+            `ScoreSchedulerOutput`, or the tuple `(prev_sample, prev_sample_mean, pred_original_sample)`.
+        """
+        index = self._begin_step(model_output, timestep, sample)
+        i, position = divmod(index, self.evaluations_per_time)
+        alpha, sigma = self._alphas[i], self._sigmas[i]
+        score = self._score(model_output, sigma)
+        pred_original = self._denoised(sample, score, alpha, sigma)
+        if position < self.evaluations_per_time - 1:
+            prev_sample, prev_mean = self._langevin_correct(sample, score, i, generator)
+        else:
+            prev_sample, prev_mean = self._predict(sample, score, i, generator)
+        if not return_dict:
+            return prev_sample, prev_mean, pred_original
+        return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
+
+    def _langevin_correct(
+        self, sample: torch.Tensor, score: torch.Tensor, i: int, generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        noise = self._noise_like(sample, generator)
+        score_norm = score.reshape(score.shape[0], -1).norm(dim=1)
+        noise_norm = noise.reshape(noise.shape[0], -1).norm(dim=1)
+        if self.config.corrector_norm == "batch":
+            score_norm, noise_norm = score_norm.mean(), noise_norm.mean()
+        ratio = noise_norm / score_norm.clamp_min(_MIN_SCORE_NORM)
+        step_size = append_dims(2 * self._corrector_alphas[i] * (self.config.snr * ratio) ** 2, sample.ndim)
+        return self._langevin_update(sample, score, step_size, noise)
+
+    def _predict(self, sample: torch.Tensor, score: torch.Tensor, i: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
+        predictor = self.config.predictor
+        a, b = self._transition_a[i], self._transition_b[i]
+        if predictor == "euler_maruyama":
+            dt, g = self._time_deltas[i], self._diffusions[i]
+            mean = sample + (self._drift_coeffs[i] * sample - g**2 * score) * dt
+            std = g * abs(dt) ** 0.5
+        elif predictor == "reverse_diffusion":
+            mean = (2 - a) * sample + b**2 * score
+            std = b
+        else:
+            mean = (sample + b**2 * score) / a
+            std = b * self._sigmas[i + 1] / self._sigmas[i]
+        if i == self.num_inference_steps - 1:
+            return mean, mean
+        return mean + std * self._noise_like(sample, generator), mean

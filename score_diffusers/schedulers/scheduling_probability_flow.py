@@ -1,0 +1,178 @@
+"""Deterministic sampling with the probability-flow ODE (Song et al., 2021, https://arxiv.org/abs/2011.13456),
+integrated in the scale-free variables of Karras et al. (2022, https://arxiv.org/abs/2206.00364)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+
+from .scheduling_utils import (
+    BETA_SCHEDULES,
+    PREDICTION_TYPES,
+    SDE_TYPES,
+    TIMESTEP_TYPES,
+    BetaSchedule,
+    PredictionType,
+    ScoreSchedulerMixin,
+    ScoreSchedulerOutput,
+    SDEType,
+    TimestepType,
+    build_sde,
+    check_positive_int,
+)
+
+Solver = Literal["euler", "heun"]
+TimeSpacing = Literal["uniform", "log_sigma", "karras"]
+SOLVERS: tuple[str, ...] = ("euler", "heun")
+TIME_SPACINGS: tuple[str, ...] = ("uniform", "log_sigma", "karras")
+# ρ of Karras et al.'s noise-level spacing σ_i = (σ_max^{1/ρ} + i/(n−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
+KARRAS_RHO = 7.0
+
+
+class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
+    """Probability-flow ODE sampler for VE, VP and sub-VP SDEs, with Euler or Heun steps.
+
+    The ODE dx/dt = f(t)x − ½g(t)²∇log p_t(x) has the SDE's marginals. With x̄ = x/α_t and σ̄ = σ_t/α_t it
+    becomes dx̄/dσ̄ = (x̄ − x̂₀)/σ̄, x̂₀ = (x + σ_t²·score)/α_t the Tweedie estimate, which the solvers integrate:
+    Euler there is DDIM (η = 0), Heun is Karras et al.'s second-order sampler. The grid 1 = t_0 > … > t_{n−1} = ε
+    is followed by a last Euler step to σ̄ = 0, which returns x̂₀.
+
+    Model evaluations: n for `"euler"`; 2n − 1 for `"heun"` (two per interval, one for the last step), laid out
+    in `timesteps` as t_0, t_1, t_1, t_2, t_2, …, t_{n−1}, t_{n−1} like Diffusers' `HeunDiscreteScheduler`.
+
+    Args:
+        num_train_timesteps (`int`, defaults to 1000): N, the `"discrete"` timestep scale.
+        sde_type (`str`, defaults to `"ve"`): `"ve"`, `"vp"` or `"subvp"`.
+        solver (`str`, defaults to `"heun"`): `"euler"` or `"heun"`.
+        time_spacing (`str`, defaults to `"karras"`): the grid in t: `"uniform"` in t, `"log_sigma"` uniform in
+            log σ̄, or `"karras"` (σ̄ spaced with ρ = 7).
+        sigma_min, sigma_max, beta_min, beta_max, beta_schedule, beta_start, beta_end, trained_betas,
+        sampling_eps, prediction_type, timestep_type: as for `PredictorCorrectorScheduler`.
+    """
+
+    _supported_sde_types = SDE_TYPES
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        sde_type: SDEType = "ve",
+        solver: Solver = "heun",
+        time_spacing: TimeSpacing = "karras",
+        sigma_min: float = 0.01,
+        sigma_max: float = 50.0,
+        beta_min: float = 0.1,
+        beta_max: float = 20.0,
+        beta_schedule: BetaSchedule = "continuous_linear",
+        beta_start: float = 0.0001,
+        beta_end: float = 0.02,
+        trained_betas: list[float] | None = None,
+        sampling_eps: float | None = None,
+        prediction_type: PredictionType = "score",
+        timestep_type: TimestepType = "continuous",
+    ):
+        self._check_config(
+            {
+                "sde_type": SDE_TYPES,
+                "solver": SOLVERS,
+                "time_spacing": TIME_SPACINGS,
+                "beta_schedule": BETA_SCHEDULES,
+                "prediction_type": PREDICTION_TYPES,
+                "timestep_type": TIMESTEP_TYPES,
+            }
+        )
+        check_positive_int("num_train_timesteps", num_train_timesteps)
+        self._set_sde(
+            build_sde(
+                sde_type, sigma_min, sigma_max, beta_min, beta_max, beta_schedule, beta_start, beta_end,
+                num_train_timesteps, trained_betas,
+            )
+        )
+        self._sampling_eps = self._checked_sampling_eps(sampling_eps)
+
+    def _time_grid(self, num_points: int) -> torch.Tensor:
+        eps = self._sampling_eps
+        if self.config.time_spacing == "uniform" or num_points == 1:
+            return torch.linspace(self.sde.T, eps, num_points, dtype=torch.float64)
+        ratio_max = self.sde.noise_to_signal(torch.tensor(self.sde.T, dtype=torch.float64))
+        ratio_min = self.sde.noise_to_signal(torch.tensor(eps, dtype=torch.float64))
+        fractions = torch.linspace(0, 1, num_points, dtype=torch.float64)
+        if self.config.time_spacing == "log_sigma":
+            ratios = torch.exp(ratio_max.log() + fractions * (ratio_min.log() - ratio_max.log()))
+        else:
+            inverse_rho = 1 / KARRAS_RHO
+            ratios = (ratio_max**inverse_rho + fractions * (ratio_min**inverse_rho - ratio_max**inverse_rho)) ** KARRAS_RHO
+        times = self.sde.time_from_noise_to_signal(ratios)
+        # Pin the ends exactly: bisection leaves them a few ulps off.
+        times[0], times[-1] = self.sde.T, eps
+        return times
+
+    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
+        """Set the grid of `num_inference_steps` time points and reset the step state.
+
+        Args:
+            num_inference_steps (`int`): number n of time points; n model calls for Euler, 2n − 1 for Heun.
+            device (`str` or `torch.device`, *optional*): where `timesteps` live.
+        """
+        check_positive_int("num_inference_steps", num_inference_steps)
+        times = self._time_grid(num_inference_steps)
+        alphas = self.sde.mean_coeff(times)
+        # x̄ = x/α and σ̄ = σ/α; the appended 0 is the last step's target σ̄ = 0 (the data, α = 1).
+        self._alphas = torch.cat([alphas, alphas.new_ones(1)]).tolist()
+        self._sigmas = self.sde.marginal_std(times).tolist()
+        self._ratios = torch.cat([self.sde.noise_to_signal(times), times.new_zeros(1)]).tolist()
+        last = num_inference_steps - 1
+        if self.config.solver == "heun":
+            # (kind, interval): "predict" is Heun's Euler half at t_i, "correct" its second evaluation at t_{i+1}.
+            self._plan = [(kind, i) for i in range(last) for kind in ("predict", "correct")] + [("euler", last)]
+            points = [i + (kind == "correct") for kind, i in self._plan]
+        else:
+            self._plan = [("euler", i) for i in range(num_inference_steps)]
+            points = list(range(num_inference_steps))
+        self._heun_state: tuple[torch.Tensor, torch.Tensor] | None = None
+        model_timesteps = self.timestep_for_time(times)[torch.tensor(points)]
+        self._reset_timesteps(model_timesteps, num_inference_steps, device)
+
+    def step(
+        self,
+        model_output: torch.Tensor,
+        timestep: float | torch.Tensor,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        return_dict: bool = True,
+    ) -> ScoreSchedulerOutput | tuple:
+        """Advance the ODE by the Euler step or Heun half-step that this entry of `timesteps` stands for.
+
+        Args:
+            model_output (`torch.Tensor` of shape `(batch, *dims)`): the model's score or ε at (`sample`, `timestep`).
+            timestep (`float` or `torch.Tensor`): the current entry of `timesteps`.
+            sample (`torch.Tensor` of shape `(batch, *dims)`): the current x_t.
+            generator: unused (the ODE is deterministic); accepted for the Diffusers loop.
+            return_dict (`bool`, defaults to `True`): return a `ScoreSchedulerOutput` rather than a tuple.
+
+        Returns:
+            `ScoreSchedulerOutput`, or the tuple `(prev_sample, prev_sample_mean, pred_original_sample)`.
+        """
+        index = self._begin_step(model_output, timestep, sample)
+        kind, i = self._plan[index]
+        point = i + 1 if kind == "correct" else i
+        alpha, sigma = self._alphas[point], self._sigmas[point]
+        score = self._score(model_output, sigma)
+        pred_original = self._denoised(sample, score, alpha, sigma)
+        # dx̄/dσ̄ at this evaluation.
+        derivative = (sample / alpha - pred_original) / self._ratios[point]
+        step = self._ratios[i + 1] - self._ratios[i]
+        if kind == "correct":
+            scaled_start, start_derivative = self._heun_state
+            self._heun_state = None
+            scaled_next = scaled_start + 0.5 * (start_derivative + derivative) * step
+        else:
+            scaled_next = sample / alpha + derivative * step
+            if kind == "predict":
+                self._heun_state = (sample / alpha, derivative)
+        prev_sample = scaled_next * self._alphas[i + 1]
+        if not return_dict:
+            return prev_sample, prev_sample, pred_original
+        return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample, pred_original_sample=pred_original)
