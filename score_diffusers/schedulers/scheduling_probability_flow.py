@@ -161,18 +161,20 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         alpha, sigma = self._alphas[point], self._sigmas[point]
         score = self._score(model_output, sigma)
         pred_original = self._denoised(sample, score, alpha, sigma)
-        # dx̄/dσ̄ at this evaluation.
-        derivative = (sample / alpha - pred_original) / self._ratios[point]
+        scaled = sample if alpha == 1 else sample / alpha
+        # dx̄/dσ̄ = (x̄ − x̂₀)/σ̄ at this evaluation.
+        derivative = torch.sub(scaled, pred_original).div_(self._ratios[point])
         step = self._ratios[i + 1] - self._ratios[i]
         if kind == "correct":
             scaled_start, start_derivative = self._heun_state
             self._heun_state = None
-            scaled_next = scaled_start + 0.5 * (start_derivative + derivative) * step
+            scaled_next = torch.add(scaled_start, start_derivative.add_(derivative), alpha=0.5 * step)
         else:
-            scaled_next = sample / alpha + derivative * step
+            scaled_next = torch.add(scaled, derivative, alpha=step)
             if kind == "predict":
-                self._heun_state = (sample / alpha, derivative)
-        prev_sample = scaled_next * self._alphas[i + 1]
+                self._heun_state = (scaled, derivative)
+        next_alpha = self._alphas[i + 1]
+        prev_sample = scaled_next if next_alpha == 1 else scaled_next.mul_(next_alpha)
         if not return_dict:
             return prev_sample, prev_sample, pred_original
         return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample, pred_original_sample=pred_original)

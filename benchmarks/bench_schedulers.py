@@ -1,0 +1,268 @@
+"""Sample quality per model evaluation and per-step overhead of the score schedulers, beside Diffusers' own.
+
+The data is a 64-dimensional, 8-component Gaussian mixture; every sampler is driven by its exact score (or exact ε),
+so the figures measure the samplers alone. VE uses σ_min = 0.01, σ_max = 50; VP uses DDPM's linear ᾱ table
+(N = 1000), which Diffusers' DDPM, DDIM and DPM-Solver++ schedulers sample with their own configs.
+
+    python benchmarks/bench_schedulers.py            # full tables and plots (~15 min on 2 CPU cores)
+    python benchmarks/bench_schedulers.py --quick    # smaller sweep
+
+Prints markdown tables (sliced W2, mode-weight TV, |log-density gap| per dim, all against a fresh true sample of
+the same size) and saves `benchmarks/results/quality_vs_nfe.png`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ScoreSdeVeScheduler
+
+from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
+from score_diffusers.analytic import ExactScoreModel, GaussianMixture, quality_report, run_sampler
+
+try:
+    from machine import machine_description
+except ImportError:  # run as a module from the repository root
+    from benchmarks.machine import machine_description
+
+RESULTS = Path(__file__).resolve().parent / "results"
+DIM, COMPONENTS = 64, 8
+SIGMA_MIN, SIGMA_MAX = 0.01, 50.0
+# Annealed Langevin's step size ε, chosen by `--langevin_sweep` (199 levels × 5 steps): NCSNv2's CIFAR-10 value
+# 6.2e-6 and NCSN's 2e-5 leave the components too wide here; 2e-4 is past the stable range at the top levels.
+ANNEALED_LANGEVIN_STEP_SIZE = 1e-4
+LANGEVIN_SWEEP_STEP_SIZES = (6.2e-6, 2e-5, 5e-5, 1e-4, 2e-4)
+ANNEALED_LANGEVIN_STEPS_PER_LEVEL = 5
+# True samples whose mean log p_0 stands in for E_p[log p_0] in the log-density gap.
+LOG_PROB_REFERENCE_SIZE = 200_000
+
+
+@dataclass
+class Row:
+    family: str
+    sampler: str
+    nfe: int
+    sliced_w2: float
+    mode_tv: float
+    logp_gap: float
+    seconds: float
+
+
+def ddpm_config_scheduler(klass, **overrides):
+    """A Diffusers DDPM-family scheduler on the standard linear table, with x̂₀ clipping off (the data is not in [-1, 1])."""
+    return klass(num_train_timesteps=1000, beta_schedule="linear", **overrides)
+
+
+def sample_score_sde_ve(mixture: GaussianMixture, num_steps: int, shape, generator) -> tuple[torch.Tensor, int]:
+    """Diffusers' ScoreSdeVeScheduler PC loop as `ScoreSdeVePipeline` runs it (two model calls per step)."""
+    scheduler = ScoreSdeVeScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, snr=0.16)
+    model = ExactScoreModel(mixture, PredictorCorrectorScheduler.from_config(scheduler.config))
+    scheduler.set_timesteps(num_steps)
+    scheduler.set_sigmas(num_steps)
+    sample = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma
+    for i, t in enumerate(scheduler.timesteps):
+        sigma = scheduler.sigmas[i]
+        for _ in range(scheduler.config.correct_steps):
+            sample = scheduler.step_correct(model(sample, sigma), sample, generator=generator).prev_sample
+        output = scheduler.step_pred(model(sample, sigma), t, sample, generator=generator)
+        sample, sample_mean = output.prev_sample, output.prev_sample_mean
+    return sample_mean, model.calls
+
+
+def sample_with(scheduler, mixture, num_steps, shape, generator, model_scheduler=None) -> tuple[torch.Tensor, int]:
+    """The plain Diffusers loop; `model_scheduler` decides the exact model's conventions (default: `scheduler`)."""
+    model = ExactScoreModel(mixture, model_scheduler or scheduler)
+    return run_sampler(scheduler, model, shape, num_steps, generator=generator), model.calls
+
+
+def quality_rows(quick: bool, num_samples: int, langevin_sweep: bool) -> list[Row]:
+    mixture = GaussianMixture.random(COMPONENTS, DIM, generator=torch.Generator().manual_seed(0))
+    reference, _ = mixture.sample(num_samples, generator=torch.Generator().manual_seed(1))
+    large_reference, _ = mixture.sample(LOG_PROB_REFERENCE_SIZE, generator=torch.Generator().manual_seed(5))
+    shape = (num_samples, DIM)
+    # VP ε-model on DDPM's own table: our scheduler built from the DDPM config maps integer indices to ᾱ exactly.
+    ddpm_epsilon = PredictorCorrectorScheduler.from_config(ddpm_config_scheduler(DDPMScheduler).config)
+
+    def pc(**kwargs):
+        return PredictorCorrectorScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **kwargs)
+
+    def pf(**kwargs):
+        return ProbabilityFlowScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **kwargs)
+
+    def annealed_langevin(levels: int, step_size: float = ANNEALED_LANGEVIN_STEP_SIZE):
+        return AnnealedLangevinScheduler(
+            num_train_timesteps=levels,
+            sigma_min=SIGMA_MIN,
+            sigma_max=SIGMA_MAX,
+            steps_per_level=ANNEALED_LANGEVIN_STEPS_PER_LEVEL,
+            step_size=step_size,
+        )
+
+    def ddpm_family(klass, **overrides):
+        return lambda steps, gen: sample_with(
+            ddpm_config_scheduler(klass, **overrides), mixture, steps, shape, gen, model_scheduler=ddpm_epsilon
+        )
+
+    def ours(make: Callable[[], object]):
+        return lambda steps, gen: sample_with(make(), mixture, steps, shape, gen)
+
+    def ours_on_ddpm(klass, **overrides):
+        config = ddpm_config_scheduler(DDPMScheduler).config
+        return lambda steps, gen: sample_with(klass.from_config(config, **overrides), mixture, steps, shape, gen)
+
+    sweeps: list[tuple[str, str, Callable, list[int]]] = [
+        ("VE", "PC (defaults)", ours(pc), [25, 50, 100]),
+        ("VE", "PC ancestral + Langevin", ours(lambda: pc(predictor="ancestral")), [50, 100]),
+        ("VE", "PF Heun (karras)", ours(pf), [6, 13, 25, 50]),
+        ("VE", "PF Heun (log sigma)", ours(lambda: pf(time_spacing="log_sigma")), [13, 25]),
+        ("VE", "PF Euler (karras)", ours(lambda: pf(solver="euler")), [25, 50]),
+        ("VE", "Annealed Langevin", lambda steps, gen: sample_with(annealed_langevin(steps), mixture, steps, shape, gen), [40, 100, 199]),
+        ("VE", "Diffusers ScoreSdeVe PC", lambda steps, gen: sample_score_sde_ve(mixture, steps, shape, gen), [100, 500, 1000]),
+        ("VP", "PF Heun (karras)", ours_on_ddpm(ProbabilityFlowScheduler), [6, 13, 25]),
+        ("VP", "PF Euler (karras)", ours_on_ddpm(ProbabilityFlowScheduler, solver="euler"), [25, 50]),
+        ("VP", "PC reverse diffusion + Langevin", ours_on_ddpm(PredictorCorrectorScheduler), [50, 100]),
+        ("VP", "PC ancestral, no corrector", ours_on_ddpm(PredictorCorrectorScheduler, predictor="ancestral", corrector="none"), [100, 200]),
+        ("VP", "Diffusers DDPM", ddpm_family(DDPMScheduler, clip_sample=False), [1000]),
+        ("VP", "Diffusers DDIM", ddpm_family(DDIMScheduler, clip_sample=False), [50, 100]),
+        ("VP", "Diffusers DPM-Solver++(2M)", ddpm_family(DPMSolverMultistepScheduler), [10, 20, 50]),
+    ]
+    if langevin_sweep:
+        sweeps += [
+            ("VE", f"Annealed Langevin, step size {step_size:g}",
+             lambda steps, gen, step_size=step_size: sample_with(annealed_langevin(steps, step_size), mixture, steps, shape, gen),
+             [199])
+            for step_size in LANGEVIN_SWEEP_STEP_SIZES
+        ]
+    rows = []
+    for family, name, sampler, step_counts in sweeps:
+        for steps in step_counts[:2] if quick else step_counts:
+            start = time.perf_counter()
+            samples, nfe = sampler(steps, torch.Generator().manual_seed(2))
+            seconds = time.perf_counter() - start
+            report = quality_report(
+                mixture, samples, reference, torch.Generator().manual_seed(3), log_prob_reference=large_reference
+            )
+            rows.append(Row(family, name, nfe, report["sliced_w2"], report["mode_tv"], abs(report["logp_gap"]), seconds))
+            print(f"  {family} {name:34s} NFE {nfe:5d}  {seconds:6.1f}s", flush=True)
+    floor_sample, _ = mixture.sample(num_samples, generator=torch.Generator().manual_seed(4))
+    floor = quality_report(
+        mixture, floor_sample, reference, torch.Generator().manual_seed(3), log_prob_reference=large_reference
+    )
+    rows.append(Row("both", "true samples (noise floor)", 0, floor["sliced_w2"], floor["mode_tv"], abs(floor["logp_gap"]), 0.0))
+    return rows
+
+
+def print_quality(rows: list[Row]) -> None:
+    print("\n| SDE | sampler | NFE | sliced W2 | mode TV | abs log-density gap / dim | seconds |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for row in rows:
+        print(
+            f"| {row.family} | {row.sampler} | {row.nfe} | {row.sliced_w2:.4f} | {row.mode_tv:.4f} | "
+            f"{row.logp_gap:.4f} | {row.seconds:.1f} |"
+        )
+
+
+def plot_quality(rows: list[Row], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = [("sliced_w2", "sliced W2"), ("mode_tv", "mode-weight TV"), ("logp_gap", "|log-density gap| / dim")]
+    figure, axes = plt.subplots(2, 3, figsize=(15, 8))
+    floor = next(row for row in rows if row.family == "both")
+    for line, family in enumerate(("VE", "VP")):
+        samplers = dict.fromkeys(row.sampler for row in rows if row.family == family)
+        for column, (field, label) in enumerate(metrics):
+            axis = axes[line, column]
+            for sampler in samplers:
+                points = sorted((row.nfe, getattr(row, field)) for row in rows if row.sampler == sampler and row.family == family)
+                axis.plot(*zip(*points), marker="o", label=sampler)
+            axis.axhline(getattr(floor, field), color="gray", linestyle="--", label="noise floor")
+            axis.set_xscale("log")
+            axis.set_yscale("log")
+            axis.set_xlabel("model evaluations (NFE)")
+            axis.set_title(f"{family}: {label}")
+        axes[line, 0].legend(fontsize=7)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    print(f"\nSaved {path}")
+
+
+def step_overhead(repeats: int) -> None:
+    """Seconds per `step` call (model excluded) on one image-shaped tensor, ours beside Diffusers'."""
+    generator = torch.Generator().manual_seed(0)
+    sample = torch.randn(16, 3, 64, 64, generator=generator)
+    model_output = torch.randn(16, 3, 64, 64, generator=generator)
+
+    def time_calls(call: Callable[[], object]) -> float:
+        call()
+        start = time.perf_counter()
+        for _ in range(repeats):
+            call()
+        return (time.perf_counter() - start) / repeats
+
+    ve_reference = ScoreSdeVeScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX)
+    ve_reference.set_timesteps(repeats + 1)
+    ve_reference.set_sigmas(repeats + 1)
+    reference_t = ve_reference.timesteps[1]
+
+    def fresh(scheduler, evaluations: int):
+        # Enough entries for every timed call; every call reuses the first (sizes are what matter).
+        scheduler.set_timesteps(evaluations)
+        return scheduler
+
+    def our_step(scheduler):
+        def call():
+            scheduler._step_index = 0
+            scheduler.step(model_output, scheduler.timesteps[0], sample, generator=generator)
+
+        return call
+
+    pc_correct = fresh(PredictorCorrectorScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX), 10)
+    pc_predict = fresh(PredictorCorrectorScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, corrector="none"), 10)
+    pf_euler = fresh(ProbabilityFlowScheduler(solver="euler"), 10)
+    ddim = DDIMScheduler()
+    ddim.set_timesteps(10)
+    pairs = [
+        ("Langevin corrector", our_step(pc_correct), "ScoreSdeVe.step_correct",
+         lambda: ve_reference.step_correct(model_output, sample, generator=generator)),
+        ("reverse-diffusion predictor", our_step(pc_predict), "ScoreSdeVe.step_pred",
+         lambda: ve_reference.step_pred(model_output, reference_t, sample, generator=generator)),
+        ("probability-flow Euler", our_step(pf_euler), "DDIM.step",
+         lambda: ddim.step(model_output, ddim.timesteps[0], sample)),
+    ]
+    print(f"\nPer-step cost, model excluded, on a (16, 3, 64, 64) float32 tensor, mean of {repeats} calls:\n")
+    print("| ours | µs | Diffusers | µs | ours / Diffusers |")
+    print("|---|---:|---|---:|---:|")
+    for our_name, our_call, their_name, their_call in pairs:
+        ours_seconds, theirs_seconds = time_calls(our_call), time_calls(their_call)
+        print(
+            f"| {our_name} | {ours_seconds * 1e6:.0f} | {their_name} | {theirs_seconds * 1e6:.0f} | "
+            f"{ours_seconds / theirs_seconds:.2f} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer step counts and samples")
+    parser.add_argument("--num_samples", type=int, default=None, help="samples per sampler (default 5000, quick 1000)")
+    parser.add_argument("--langevin_sweep", action="store_true", help="add annealed Langevin at several step sizes")
+    parser.add_argument("--skip_quality", action="store_true", help="only the per-step overhead table")
+    args = parser.parse_args()
+    print(machine_description())
+    if not args.skip_quality:
+        rows = quality_rows(args.quick, args.num_samples or (1000 if args.quick else 5000), args.langevin_sweep)
+        print_quality(rows)
+        plot_quality(rows, RESULTS / "quality_vs_nfe.png")
+    step_overhead(repeats=20 if args.quick else 200)
+
+
+if __name__ == "__main__":
+    main()
