@@ -1,0 +1,474 @@
+"""The common scheduler contract: one test mixin that every score scheduler passes, over many configs, without
+special cases (the way Diffusers' `SchedulerCommonTest` works), plus input validation.
+
+Each test class names its scheduler and a list of configs; `conftest.pytest_generate_tests` runs every test once
+per config. The exact-score model of a Gaussian mixture stands in for a network, so every number is checkable.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any, ClassVar
+
+import pytest
+import torch
+from conftest import (
+    DATA_DIM,
+    IMAGE_SHAPE,
+    make_generator,
+    per_sample_generators,
+    prior_sample,
+    run_loop,
+    sample_with_seed,
+)
+
+from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
+from score_diffusers.analytic import ExactScoreModel, GaussianMixture
+from score_diffusers.schedulers import ScoreSchedulerMixin
+from score_diffusers.schedulers.scheduling_predictor_corrector import CORRECTOR_NORMS, CORRECTORS, PREDICTORS
+from score_diffusers.schedulers.scheduling_probability_flow import SOLVERS, TIME_SPACINGS
+from score_diffusers.schedulers.scheduling_utils import (
+    BETA_SCHEDULES,
+    PREDICTION_TYPES,
+    SDE_TYPES,
+    TIMESTEP_TYPES,
+)
+
+BATCH_SIZE = 4
+NUM_INFERENCE_STEPS = 4
+FLAT_SHAPE = (BATCH_SIZE, DATA_DIM)
+IMAGE_BATCH_SHAPE = (BATCH_SIZE, *IMAGE_SHAPE)
+
+
+# ---- helpers -------------------------------------------------------------------------------------------------
+
+
+def public_config(scheduler) -> dict[str, Any]:
+    """The registered config without Diffusers' private bookkeeping keys."""
+    return {key: value for key, value in scheduler.config.items() if not key.startswith("_")}
+
+
+def assert_same_sampler(first, second, mixture: GaussianMixture) -> None:
+    """Two schedulers that claim to be the same: same class, config, timesteps and seeded samples."""
+    assert type(first) is type(second)
+    assert public_config(first) == public_config(second)
+    first.set_timesteps(NUM_INFERENCE_STEPS)
+    second.set_timesteps(NUM_INFERENCE_STEPS)
+    torch.testing.assert_close(first.timesteps, second.timesteps, rtol=0, atol=0)
+    torch.testing.assert_close(
+        sample_with_seed(first, mixture, FLAT_SHAPE, NUM_INFERENCE_STEPS, seed=7),
+        sample_with_seed(second, mixture, FLAT_SHAPE, NUM_INFERENCE_STEPS, seed=7),
+        rtol=0,
+        atol=0,
+    )
+
+
+def forward_process_coefficients(scheduler, timesteps: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(α_t, σ_t) at model timesteps, derived from the documented conventions rather than the scheduler's own mapping.
+
+    `"continuous"` is t; `"discrete"` is t·(N − 1) for VP / sub-VP and (1 − t)·(N − 1) for VE; `"sigma"` is the
+    noise-to-signal ratio r = σ_t/α_t, which fixes α in closed form: 1 for VE, 1/√(1 + r²) for VP (σ² = 1 − α²) and
+    (√(r² + 4) − r)/2 for sub-VP (σ = 1 − α²).
+    """
+    timesteps = timesteps.to(torch.float64)
+    sde_type = scheduler.config.get("sde_type", "ve")
+    timestep_type = scheduler.config.timestep_type
+    if timestep_type == "sigma":
+        ratio = timesteps
+        alpha = {
+            "ve": torch.ones_like(ratio),
+            "vp": 1 / torch.sqrt(1 + ratio**2),
+            "subvp": (torch.sqrt(ratio**2 + 4) - ratio) / 2,
+        }[sde_type]
+        return alpha, ratio * alpha
+    scale = scheduler.config.num_train_timesteps - 1
+    if timestep_type == "continuous":
+        t = timesteps
+    else:
+        t = 1 - timesteps / scale if sde_type == "ve" else timesteps / scale
+    return scheduler.sde.mean_coeff(t), scheduler.sde.marginal_std(t)
+
+
+def assert_error_names_choices(error: pytest.ExceptionInfo, argument: str, accepted: tuple[str, ...]) -> None:
+    message = str(error.value)
+    assert argument in message
+    for value in accepted:
+        assert re.search(rf"\b{re.escape(value)}\b", message), f"{value!r} missing from: {message}"
+
+
+# ---- the common mixin ----------------------------------------------------------------------------------------
+
+
+class ScoreSchedulerCommonTest:
+    """The contract every score scheduler meets; subclasses set `scheduler_class`, `configs` and the documented
+    number of model evaluations."""
+
+    scheduler_class: ClassVar[type[ScoreSchedulerMixin]]
+    configs: ClassVar[list[dict[str, Any]]]
+
+    def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:
+        """len(timesteps) as the scheduler's docstring states it."""
+        raise NotImplementedError
+
+    def per_sample_reproducible(self, scheduler) -> bool:
+        """Whether a sample's trajectory is independent of the rest of its batch (see `corrector_norm`)."""
+        return True
+
+    def make(self, config: dict[str, Any]) -> ScoreSchedulerMixin:
+        return self.scheduler_class(**config)
+
+    # -- timesteps --
+
+    @pytest.mark.parametrize("num_inference_steps", [1, 2, 5])
+    def test_one_model_call_per_timestep(self, config, mixture, num_inference_steps: int):
+        scheduler = self.make(config)
+        scheduler.set_timesteps(num_inference_steps)
+        assert len(scheduler.timesteps) == self.expected_evaluations(scheduler, num_inference_steps)
+        assert scheduler.timesteps.dtype == torch.float32
+        model = ExactScoreModel(mixture, scheduler)
+        sample = prior_sample(scheduler, FLAT_SHAPE, make_generator(0))
+        final = run_loop(scheduler, model, sample, num_inference_steps, make_generator(1))
+        assert model.calls == len(scheduler.timesteps)
+        assert bool(torch.isfinite(final).all())
+
+    def test_noise_level_never_increases_along_timesteps(self, config):
+        scheduler = self.make(config)
+        scheduler.set_timesteps(6)
+        times = scheduler.time_for_timestep(scheduler.timesteps)
+        ratios = scheduler.sde.noise_to_signal(times)
+        assert bool((ratios.diff() <= 1e-6 * ratios[:-1]).all())
+        assert float(times[0]) == pytest.approx(1.0, abs=1e-6)
+
+    def test_set_timesteps_resets_all_step_state(self, config, mixture):
+        fresh = sample_with_seed(self.make(config), mixture, FLAT_SHAPE, NUM_INFERENCE_STEPS, seed=3)
+        scheduler = self.make(config)
+        # Abandon a run part-way (mid Heun pair, mid corrector sequence), then start over twice.
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        model = ExactScoreModel(mixture, scheduler)
+        sample = prior_sample(scheduler, FLAT_SHAPE, make_generator(9))
+        for timestep in scheduler.timesteps[:3]:
+            sample = scheduler.step(model(sample, timestep), timestep, sample, generator=make_generator(9)).prev_sample
+        assert scheduler.step_index == min(3, len(scheduler.timesteps))
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        assert scheduler.step_index == 0
+        for _ in range(2):
+            rerun = sample_with_seed(scheduler, mixture, FLAT_SHAPE, NUM_INFERENCE_STEPS, seed=3)
+            torch.testing.assert_close(rerun, fresh, rtol=0, atol=0)
+
+    # -- step outputs --
+
+    @pytest.mark.parametrize("shape", [FLAT_SHAPE, IMAGE_BATCH_SHAPE], ids=["2d", "4d"])
+    def test_step_output_shapes(self, config, mixture, shape: tuple[int, ...]):
+        scheduler = self.make(config)
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        sample = prior_sample(scheduler, shape, make_generator(0))
+        timestep = scheduler.timesteps[0]
+        output = scheduler.step(ExactScoreModel(mixture, scheduler)(sample, timestep), timestep, sample)
+        for name in ("prev_sample", "prev_sample_mean", "pred_original_sample"):
+            value = getattr(output, name)
+            assert value.shape == sample.shape and value.dtype == sample.dtype, name
+        assert scheduler.scale_model_input(sample, timestep) is sample
+
+    def test_tuple_and_dataclass_outputs_agree(self, config, mixture):
+        as_dict, as_tuple = self.make(config), self.make(config)
+        as_dict.set_timesteps(NUM_INFERENCE_STEPS)
+        as_tuple.set_timesteps(NUM_INFERENCE_STEPS)
+        model = ExactScoreModel(mixture, as_dict)
+        sample = prior_sample(as_dict, FLAT_SHAPE, make_generator(0))
+        dict_generator, tuple_generator = make_generator(1), make_generator(1)
+        for timestep in as_dict.timesteps:
+            model_output = model(sample, timestep)
+            output = as_dict.step(model_output, timestep, sample, generator=dict_generator)
+            output_tuple = as_tuple.step(model_output, timestep, sample, generator=tuple_generator, return_dict=False)
+            assert isinstance(output_tuple, tuple) and len(output_tuple) == 3
+            for from_dict, from_tuple in zip(output.to_tuple(), output_tuple, strict=True):
+                torch.testing.assert_close(from_dict, from_tuple, rtol=0, atol=0)
+            sample = output.prev_sample
+
+    # -- persistence --
+
+    def test_save_pretrained_round_trip(self, config, mixture, tmp_path):
+        scheduler = self.make(config)
+        scheduler.save_pretrained(tmp_path / "scheduler")
+        loaded = self.scheduler_class.from_pretrained(tmp_path, subfolder="scheduler")
+        assert_same_sampler(scheduler, loaded, mixture)
+
+    def test_from_config_round_trip(self, config, mixture):
+        scheduler = self.make(config)
+        assert_same_sampler(scheduler, self.scheduler_class.from_config(scheduler.config), mixture)
+
+    # -- randomness --
+
+    def test_generator_determinism(self, config, mixture):
+        scheduler = self.make(config)
+        first = sample_with_seed(scheduler, mixture, FLAT_SHAPE, NUM_INFERENCE_STEPS, seed=11)
+        again = sample_with_seed(scheduler, mixture, FLAT_SHAPE, NUM_INFERENCE_STEPS, seed=11)
+        other = sample_with_seed(scheduler, mixture, FLAT_SHAPE, NUM_INFERENCE_STEPS, seed=12)
+        torch.testing.assert_close(first, again, rtol=0, atol=0)
+        assert float((first - other).abs().max()) > 1e-3
+
+    def test_per_sample_generators(self, config, mixture):
+        """A list of generators gives each sample of a batch the result it gets alone, unless the step sizes are
+        shared across the batch (`corrector_norm="batch"`), where the batch must visibly change it."""
+        scheduler = self.make(config)
+        model = ExactScoreModel(mixture, scheduler)
+        seeds = [21, 22, 23]
+
+        def run(sample_seeds: list[int]) -> torch.Tensor:
+            initial = prior_sample(scheduler, (len(sample_seeds), DATA_DIM), per_sample_generators(sample_seeds))
+            generators = per_sample_generators([seed + 100 for seed in sample_seeds])
+            return run_loop(scheduler, model, initial, NUM_INFERENCE_STEPS, generators)
+
+        batch = run(seeds)
+        alone = torch.cat([run([seed]) for seed in seeds])
+        if self.per_sample_reproducible(scheduler):
+            torch.testing.assert_close(batch, alone, rtol=1e-6, atol=1e-6)
+        else:
+            assert float((batch - alone).abs().max()) > 1e-3
+
+    # -- dtypes and shapes --
+
+    def test_float64_and_float32_samples(self, config, mixture):
+        scheduler = self.make(config)
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        model = ExactScoreModel(mixture, scheduler)
+        sample = prior_sample(scheduler, FLAT_SHAPE, make_generator(0), dtype=torch.float64)
+        generator = make_generator(1)
+        # Along a float64 trajectory, the same step in float32 gives the same noise-free estimate, up to float32
+        # rounding of x_t amplified by x̂₀ = (x_t + σ_t²·score)/α_t.
+        mirror = self.make(config)
+        mirror.set_timesteps(NUM_INFERENCE_STEPS)
+        for timestep in scheduler.timesteps:
+            model_output = model(sample, timestep)
+            output = scheduler.step(model_output, timestep, sample, generator=generator)
+            output32 = mirror.step(model_output.float(), timestep, sample.float(), generator=make_generator(1))
+            assert output.prev_sample.dtype == output.pred_original_sample.dtype == torch.float64
+            assert output32.prev_sample.dtype == output32.pred_original_sample.dtype == torch.float32
+            alpha, _ = forward_process_coefficients(scheduler, timestep.reshape(1))
+            tolerance = 1e-5 * (1 + float(sample.abs().max())) / float(alpha)
+            torch.testing.assert_close(
+                output32.pred_original_sample.double(), output.pred_original_sample, rtol=1e-4, atol=tolerance
+            )
+            sample = output.prev_sample
+        assert bool(torch.isfinite(sample).all())
+
+    def test_image_shaped_samples_match_flat_ones(self, config, mixture):
+        """Coefficients broadcast by the sample's own number of dimensions: a (B, 1, 4, 4) run is the (B, 16) run."""
+        scheduler = self.make(config)
+        images = sample_with_seed(scheduler, mixture, IMAGE_BATCH_SHAPE, NUM_INFERENCE_STEPS, seed=5)
+        flat = sample_with_seed(scheduler, mixture, FLAT_SHAPE, NUM_INFERENCE_STEPS, seed=5)
+        assert images.shape == IMAGE_BATCH_SHAPE
+        torch.testing.assert_close(images.reshape(FLAT_SHAPE), flat, rtol=1e-6, atol=1e-6)
+
+    # -- training --
+
+    @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+    def test_add_noise_is_the_forward_process(self, config, dtype: torch.dtype):
+        scheduler = self.make(config)
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        timesteps = scheduler.timesteps.unique()
+        generator = make_generator(4)
+        shape = (len(timesteps), *IMAGE_SHAPE)
+        original = torch.randn(shape, generator=generator, dtype=dtype)
+        noise = torch.randn(shape, generator=generator, dtype=dtype)
+        alpha, sigma = forward_process_coefficients(scheduler, timesteps)
+        expected = alpha[:, None, None, None] * original.double() + sigma[:, None, None, None] * noise.double()
+        noisy = scheduler.add_noise(original, noise, timesteps)
+        assert noisy.dtype == dtype
+        torch.testing.assert_close(noisy.double(), expected, rtol=1e-5, atol=1e-5)
+        # One scalar timestep for the whole batch.
+        alpha0, sigma0 = forward_process_coefficients(scheduler, timesteps[:1])
+        single = scheduler.add_noise(original, noise, timesteps[0])
+        expected_single = alpha0 * original.double() + sigma0 * noise.double()
+        torch.testing.assert_close(single.double(), expected_single, rtol=1e-5, atol=1e-5)
+
+    # -- misuse --
+
+    @pytest.mark.parametrize("num_inference_steps", [0, -3, 2.5, "4", True, None])
+    def test_bad_num_inference_steps(self, config, num_inference_steps: Any):
+        with pytest.raises(ValueError, match="num_inference_steps"):
+            self.make(config).set_timesteps(num_inference_steps)
+
+    def test_step_before_set_timesteps(self, config):
+        sample = torch.zeros(FLAT_SHAPE)
+        with pytest.raises(ValueError, match="set_timesteps"):
+            self.make(config).step(sample, 1.0, sample)
+
+    def test_mismatched_model_output_shape(self, config):
+        scheduler = self.make(config)
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        sample = torch.zeros(FLAT_SHAPE)
+        with pytest.raises(ValueError, match="model_output"):
+            scheduler.step(torch.zeros(BATCH_SIZE, DATA_DIM - 1), scheduler.timesteps[0], sample)
+
+    @pytest.mark.parametrize("bad_value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
+    def test_non_finite_model_output_mid_sampling(self, config, mixture, bad_value: float):
+        scheduler = self.make(config)
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        model = ExactScoreModel(mixture, scheduler)
+        sample = prior_sample(scheduler, FLAT_SHAPE, make_generator(0))
+        middle = len(scheduler.timesteps) // 2
+        for timestep in scheduler.timesteps[:middle]:
+            sample = scheduler.step(model(sample, timestep), timestep, sample).prev_sample
+        model_output = model(sample, scheduler.timesteps[middle])
+        model_output[1, 3] = bad_value
+        with pytest.raises(ValueError, match="model_output"):
+            scheduler.step(model_output, scheduler.timesteps[middle], sample)
+
+    def test_stepping_past_the_end(self, config, mixture):
+        scheduler = self.make(config)
+        model = ExactScoreModel(mixture, scheduler)
+        sample = run_loop(scheduler, model, prior_sample(scheduler, FLAT_SHAPE, make_generator(0)), NUM_INFERENCE_STEPS)
+        last = scheduler.timesteps[-1]
+        with pytest.raises(ValueError, match="timesteps"):
+            scheduler.step(model(sample, last), last, sample)
+
+    def test_timestep_that_is_not_the_next_entry(self, config):
+        scheduler = self.make(config)
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        sample = torch.zeros(FLAT_SHAPE)
+        assert float(scheduler.timesteps[-1]) != float(scheduler.timesteps[0])
+        with pytest.raises(ValueError, match="timestep"):
+            scheduler.step(sample, scheduler.timesteps[-1], sample)
+
+    def test_unknown_config_key(self, config):
+        scheduler_config = {**self.make(config).config, "not_a_scheduler_key": 1}
+        with pytest.raises(ValueError, match="not_a_scheduler_key"):
+            self.scheduler_class.from_config(scheduler_config)
+
+
+# ---- the schedulers -------------------------------------------------------------------------------------------
+
+
+class TestAnnealedLangevinScheduler(ScoreSchedulerCommonTest):
+    scheduler_class = AnnealedLangevinScheduler
+    configs = [
+        {},
+        {"final_denoising": False, "timestep_type": "discrete", "prediction_type": "epsilon"},
+        {"timestep_type": "continuous", "steps_per_level": 2, "step_size": 1e-4, "num_train_timesteps": 10},
+    ]
+
+    def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:
+        return num_inference_steps * scheduler.config.steps_per_level + int(scheduler.config.final_denoising)
+
+
+class TestPredictorCorrectorScheduler(ScoreSchedulerCommonTest):
+    scheduler_class = PredictorCorrectorScheduler
+    configs = [
+        {},
+        {"predictor": "euler_maruyama", "corrector": "none", "prediction_type": "epsilon", "timestep_type": "sigma"},
+        {"predictor": "ancestral", "correct_steps": 2, "timestep_type": "discrete"},
+        {"corrector_norm": "sample", "timestep_type": "sigma"},
+        {"sde_type": "vp", "prediction_type": "epsilon", "corrector_norm": "sample"},
+        {"sde_type": "vp", "corrector_norm": "batch", "timestep_type": "discrete"},
+        {
+            "sde_type": "vp",
+            "predictor": "ancestral",
+            "corrector": "none",
+            "beta_schedule": "linear",
+            "prediction_type": "epsilon",
+            "timestep_type": "discrete",
+        },
+        {"sde_type": "vp", "predictor": "euler_maruyama", "timestep_type": "sigma"},
+        {"sde_type": "subvp", "predictor": "euler_maruyama", "correct_steps": 0},
+        {"sde_type": "subvp", "corrector": "none", "prediction_type": "epsilon", "timestep_type": "discrete"},
+        {"sde_type": "subvp", "predictor": "ancestral", "timestep_type": "sigma", "beta_schedule": "squaredcos_cap_v2"},
+    ]
+
+    def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:
+        corrector_steps = scheduler.config.correct_steps if scheduler.config.corrector == "langevin" else 0
+        return num_inference_steps * (1 + corrector_steps)
+
+    def per_sample_reproducible(self, scheduler) -> bool:
+        corrector_runs = scheduler.config.corrector == "langevin" and scheduler.config.correct_steps > 0
+        return not (corrector_runs and scheduler.config.corrector_norm == "batch")
+
+
+class TestProbabilityFlowScheduler(ScoreSchedulerCommonTest):
+    scheduler_class = ProbabilityFlowScheduler
+    configs = [
+        {},
+        {"solver": "euler", "time_spacing": "uniform", "timestep_type": "sigma", "prediction_type": "epsilon"},
+        {"time_spacing": "log_sigma", "timestep_type": "discrete"},
+        {"sde_type": "vp", "prediction_type": "epsilon", "timestep_type": "discrete"},
+        {"sde_type": "vp", "solver": "euler", "time_spacing": "log_sigma", "timestep_type": "sigma"},
+        {"sde_type": "subvp", "time_spacing": "uniform", "timestep_type": "sigma"},
+        {"sde_type": "subvp", "solver": "euler", "beta_schedule": "scaled_linear", "prediction_type": "epsilon"},
+    ]
+
+    def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:
+        return num_inference_steps if scheduler.config.solver == "euler" else 2 * num_inference_steps - 1
+
+
+def test_every_score_scheduler_runs_the_common_tests():
+    tested = {test_class.scheduler_class for test_class in ScoreSchedulerCommonTest.__subclasses__()}
+    assert tested == set(ScoreSchedulerMixin._score_scheduler_classes)
+
+
+# ---- option validation ----------------------------------------------------------------------------------------
+
+OPTION_CASES = [
+    (scheduler_class, argument, accepted)
+    for scheduler_class, options in {
+        PredictorCorrectorScheduler: {
+            "prediction_type": PREDICTION_TYPES,
+            "timestep_type": TIMESTEP_TYPES,
+            "sde_type": SDE_TYPES,
+            "predictor": PREDICTORS,
+            "corrector": CORRECTORS,
+            "corrector_norm": CORRECTOR_NORMS,
+            "beta_schedule": BETA_SCHEDULES,
+        },
+        ProbabilityFlowScheduler: {
+            "prediction_type": PREDICTION_TYPES,
+            "timestep_type": TIMESTEP_TYPES,
+            "sde_type": SDE_TYPES,
+            "solver": SOLVERS,
+            "time_spacing": TIME_SPACINGS,
+            "beta_schedule": BETA_SCHEDULES,
+        },
+        AnnealedLangevinScheduler: {"prediction_type": PREDICTION_TYPES, "timestep_type": TIMESTEP_TYPES},
+    }.items()
+    for argument, accepted in options.items()
+]
+
+
+@pytest.mark.parametrize(
+    "scheduler_class, argument, accepted",
+    OPTION_CASES,
+    ids=[f"{case[0].__name__}-{case[1]}" for case in OPTION_CASES],
+)
+@pytest.mark.parametrize("build", ["init", "from_config"])
+def test_unknown_option_names_argument_and_choices(
+    scheduler_class: type[ScoreSchedulerMixin], argument: str, accepted: tuple[str, ...], build: str
+):
+    bad = {argument: "v_prediction" if argument == "prediction_type" else "no_such_option"}
+    with pytest.raises(ValueError, match=argument) as error:
+        if build == "init":
+            scheduler_class(**bad)
+        else:
+            scheduler_class.from_config(scheduler_class().config, **bad)
+    assert_error_names_choices(error, argument, accepted)
+
+
+@pytest.mark.parametrize(
+    "scheduler_class, argument, value",
+    [
+        (PredictorCorrectorScheduler, "num_train_timesteps", 0),
+        (PredictorCorrectorScheduler, "snr", -0.1),
+        (PredictorCorrectorScheduler, "correct_steps", -1),
+        (PredictorCorrectorScheduler, "sampling_eps", 1.0),
+        (ProbabilityFlowScheduler, "sampling_eps", -0.5),
+        (AnnealedLangevinScheduler, "steps_per_level", 0),
+        (AnnealedLangevinScheduler, "step_size", 0.0),
+    ],
+)
+def test_bad_numeric_option_names_argument(scheduler_class: type[ScoreSchedulerMixin], argument: str, value: Any):
+    with pytest.raises(ValueError, match=argument):
+        scheduler_class(**{argument: value})
+
+
+def test_sibling_only_keyword_in_from_config_raises():
+    with pytest.raises(ValueError, match="solver"):
+        PredictorCorrectorScheduler.from_config(PredictorCorrectorScheduler().config, solver="heun")
