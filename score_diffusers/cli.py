@@ -1,0 +1,551 @@
+"""The `score-diffusers` command: sample images, compute likelihoods, convert DDPM checkpoints.
+
+    score-diffusers sample PIPELINE [--scheduler NAME] [--steps N] [--grid PATH] [--output_dir DIR] ...
+    score-diffusers likelihood IMAGE_FOLDER --pipeline PIPELINE [--divergence exact|hutchinson] ...
+    score-diffusers convert DDPM_FOLDER OUTPUT_FOLDER [--scheduler NAME] [--overwrite]
+
+PIPELINE is a local `ScoreGuidedPipeline` or stock `DDPMPipeline` folder, or a Hub id (`owner/name`). Every
+`--scheduler` name maps to one score scheduler built with `X.from_config(<the pipeline's scheduler config>,
+**overrides)` (the table `SCHEDULERS`). Bad input (a missing folder, an unknown scheduler, a folder that is not a
+pipeline, options the pipeline refuses) ends with exit status 2 and a one-line message on stderr.
+
+`main(argv)` runs in-process and returns the exit status; `python -m score_diffusers` runs it too.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import re
+import shutil
+import sys
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NoReturn
+
+import PIL.Image
+import torch
+from diffusers.utils import logging as diffusers_logging
+from transformers import AutoModelForImageClassification
+
+from .likelihood import DIVERGENCES, METHODS, PROBES
+from .models import NoiseConditionalClassifier
+from .pipelines import ScoreGuidedPipeline
+from .schedulers import (
+    AnnealedLangevinScheduler,
+    PredictorCorrectorScheduler,
+    ProbabilityFlowScheduler,
+    ScoreSchedulerMixin,
+)
+
+PROG = "score-diffusers"
+EXIT_OK = 0
+# argparse's own status for usage errors; every bad-input error of this command uses it too.
+EXIT_USAGE = 2
+KEEP = "keep"
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
+# PIL mode that gives an image the unet's number of channels.
+PIL_MODES: dict[int, str] = {1: "L", 3: "RGB"}
+DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+# What is not an existing path is tried on the Hub only when it reads like a repository id, "owner/name".
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class CLIError(Exception):
+    """Bad input, reported as `score-diffusers: error: <message>` with exit status 2."""
+
+
+# ---- the scheduler names --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SchedulerRecipe:
+    """How a `--scheduler` name builds a score scheduler from a pipeline's saved scheduler config.
+
+    Args:
+        scheduler_class (`type`): the score scheduler to build.
+        overrides (`dict`): config values that define the name (predictor, solver, ...); the rest of the config
+            (SDE, noise range, ᾱ table, prediction and timestep conventions) comes from the pipeline's scheduler.
+        summary (`str`): one line for `--help`.
+    """
+
+    scheduler_class: type[ScoreSchedulerMixin]
+    overrides: dict[str, Any]
+    summary: str
+
+    def build(self, pipeline_source: str) -> ScoreSchedulerMixin:
+        """`scheduler_class.from_config(config, **overrides)`, `config` read from `<pipeline_source>/scheduler`."""
+        # `load_config` reads any scheduler's JSON (DDPMScheduler, ScoreSdeVeScheduler or ours); it checks no class.
+        config = self.scheduler_class.load_config(pipeline_source, subfolder="scheduler")
+        return self.scheduler_class.from_config(config, **self.overrides)
+
+
+_PROBABILITY_FLOW_HEUN = SchedulerRecipe(
+    ProbabilityFlowScheduler,
+    {"solver": "heun"},
+    "probability-flow ODE, Heun steps: deterministic, 2n - 1 evaluations for n steps",
+)
+
+# The one table of scheduler names; `None` keeps the pipeline's own scheduler.
+SCHEDULERS: dict[str, SchedulerRecipe | None] = {
+    KEEP: None,
+    "pc": SchedulerRecipe(
+        PredictorCorrectorScheduler,
+        {"predictor": "reverse_diffusion", "corrector": "langevin"},
+        "predictor-corrector: reverse-diffusion predictor + Langevin corrector; 1 + correct_steps evaluations a step",
+    ),
+    "pc-ancestral": SchedulerRecipe(
+        PredictorCorrectorScheduler,
+        {"predictor": "ancestral", "corrector": "langevin"},
+        "predictor-corrector: ancestral predictor + Langevin corrector",
+    ),
+    "ancestral": SchedulerRecipe(
+        PredictorCorrectorScheduler,
+        {"predictor": "ancestral", "corrector": "none"},
+        "ancestral sampling, no corrector (DDPM for VP, NCSN ancestral for VE): 1 evaluation a step",
+    ),
+    "pf-heun": _PROBABILITY_FLOW_HEUN,
+    "probability-flow": _PROBABILITY_FLOW_HEUN,
+    "pf-euler": SchedulerRecipe(
+        ProbabilityFlowScheduler,
+        {"solver": "euler"},
+        "probability-flow ODE, Euler steps (DDIM with eta = 0): 1 evaluation a step",
+    ),
+    "annealed-langevin": SchedulerRecipe(
+        AnnealedLangevinScheduler,
+        {},
+        "annealed Langevin dynamics (NCSN), VE score models only: steps_per_level evaluations a noise level",
+    ),
+}
+
+
+def scheduler_help() -> str:
+    """The `--help` epilog that lists every scheduler name with its summary (an alias as "same as <name>")."""
+    width = max(map(len, SCHEDULERS))
+    first_names: dict[int, str] = {}
+    lines = ["schedulers (--scheduler NAME):"]
+    for name, recipe in SCHEDULERS.items():
+        if recipe is None:
+            summary = "the pipeline's own; a DDPMScheduler becomes pf-heun, a ScoreSdeVeScheduler pc"
+        elif id(recipe) in first_names:
+            summary = f"same as {first_names[id(recipe)]}"
+        else:
+            summary = recipe.summary
+            first_names[id(recipe)] = name
+        lines.append(f"  {name:<{width}}  {summary}")
+    return "\n".join(lines)
+
+
+# ---- loading ---------------------------------------------------------------------------------------------------------
+
+
+def _existing_folder(path: str, what: str) -> Path:
+    """`path` as a `Path` if it is a folder; a `CLIError` naming `what` otherwise."""
+    folder = Path(path)
+    if not folder.exists():
+        raise CLIError(f"no such {what}: {path}")
+    if not folder.is_dir():
+        raise CLIError(f"{path} is not a folder (expected a {what})")
+    return folder
+
+
+def _model_source(path: str, what: str, marker: str) -> str:
+    """`path` if it is a local folder holding `marker` or reads like a Hub id; a `CLIError` otherwise."""
+    if not Path(path).exists() and _HUB_ID.match(path):
+        return path
+    folder = _existing_folder(path, what)
+    if not (folder / marker).is_file():
+        raise CLIError(f"{path} is not a {what}: it has no {marker}")
+    return path
+
+
+def load_classifier(path: str) -> torch.nn.Module:
+    """A `NoiseConditionalClassifier` folder or a `transformers` image-classification model (local or Hub)."""
+    source = _model_source(path, "classifier folder", "config.json")
+    config = NoiseConditionalClassifier.load_config(source)
+    if config.get("_class_name") == NoiseConditionalClassifier.__name__:
+        return NoiseConditionalClassifier.from_pretrained(source).eval()
+    return AutoModelForImageClassification.from_pretrained(source).eval()
+
+
+@contextmanager
+def _loading_progress_bar(enabled: bool) -> Iterator[None]:
+    """Show or hide Diffusers' "Loading pipeline components" bar (a global switch) for the duration."""
+    was_enabled = diffusers_logging.is_progress_bar_enabled()
+    (diffusers_logging.enable_progress_bar if enabled else diffusers_logging.disable_progress_bar)()
+    try:
+        yield
+    finally:
+        (diffusers_logging.enable_progress_bar if was_enabled else diffusers_logging.disable_progress_bar)()
+
+
+def load_pipeline(
+    path: str,
+    scheduler_name: str = KEEP,
+    classifier: str | None = None,
+    device: str | None = None,
+    show_progress: bool = True,
+) -> ScoreGuidedPipeline:
+    """A `ScoreGuidedPipeline` from a local pipeline folder or a Hub id, with the scheduler `scheduler_name` of
+    `SCHEDULERS`, an optional classifier folder, on `device` (CUDA when available by default)."""
+    if scheduler_name not in SCHEDULERS:
+        raise CLIError(f"unknown scheduler {scheduler_name!r}; choose one of {', '.join(SCHEDULERS)}")
+    target_device = _device(device)
+    source = _model_source(path, "pipeline folder", "model_index.json")
+    components: dict[str, Any] = {}
+    if classifier is not None:
+        components["classifier"] = load_classifier(classifier)
+    recipe = SCHEDULERS[scheduler_name]
+    try:
+        if recipe is not None:
+            components["scheduler"] = recipe.build(source)
+        with _loading_progress_bar(show_progress):
+            pipe = ScoreGuidedPipeline.from_pretrained(source, **components)
+    except OSError as error:
+        hub = "" if Path(path).exists() else " (not a local folder, so it was looked up on the Hub)"
+        raise CLIError(f"could not load the pipeline {path}{hub}: {_one_line(error)}") from error
+    pipe.set_progress_bar_config(disable=not show_progress)
+    return pipe.to(target_device)
+
+
+def _device(name: str | None) -> torch.device:
+    """The torch device called `name`; CUDA when available and `name` is `None`, else CPU."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise CLIError(f"unknown device {name!r}: {_one_line(error)}") from error
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise CLIError(f"device {name!r} asked for, but CUDA is not available")
+    return device
+
+
+def _resolution(unet_config: Any) -> tuple[int, int]:
+    """(height, width) of the unet's samples."""
+    size = unet_config.sample_size
+    return (size, size) if isinstance(size, int) else tuple(size)
+
+
+def image_files(folder: str) -> list[Path]:
+    """The image files directly inside `folder`, sorted by name; a `CLIError` if there are none."""
+    files = sorted(p for p in _existing_folder(folder, "image folder").iterdir()
+                   if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not files:
+        raise CLIError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {folder}")
+    return files
+
+
+def load_images(
+    files: Sequence[Path], channels: int, resolution: tuple[int, int], resize: bool
+) -> list[PIL.Image.Image]:
+    """Read `files` with PIL in the mode of `channels`; a size other than `resolution` (height, width) is an error
+    unless `resize`, which resizes with a Lanczos filter."""
+    if channels not in PIL_MODES:
+        raise CLIError(f"the unet takes {channels} channels; images can be read as 1 (grey) or 3 (RGB) channels only")
+    height, width = resolution
+    images = []
+    for path in files:
+        try:
+            with PIL.Image.open(path) as opened:
+                image = opened.convert(PIL_MODES[channels])
+        except OSError as error:
+            raise CLIError(f"cannot read the image {path}: {_one_line(error)}") from error
+        if image.size != (width, height):
+            if not resize:
+                raise CLIError(
+                    f"{path.name} is {image.width}x{image.height} but the unet takes {width}x{height} images; "
+                    "pass --resize to resize them"
+                )
+            image = image.resize((width, height), PIL.Image.Resampling.LANCZOS)
+        images.append(image)
+    return images
+
+
+# ---- writing ---------------------------------------------------------------------------------------------------------
+
+
+def image_grid(images: Sequence[PIL.Image.Image], columns: int | None = None) -> PIL.Image.Image:
+    """`images` (all one size) row by row, `columns` wide (near-square by default); empty cells stay black."""
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    rows = math.ceil(len(images) / columns)
+    width, height = images[0].size
+    grid = PIL.Image.new(images[0].mode, (columns * width, rows * height))
+    for index, image in enumerate(images):
+        grid.paste(image, ((index % columns) * width, (index // columns) * height))
+    return grid
+
+
+def save_atomically(pipe: ScoreGuidedPipeline, output: Path) -> None:
+    """`pipe.save_pretrained` into a temporary folder beside `output`, then renamed to `output`: a failed save
+    leaves an existing `output` as it was. An existing `output` is moved aside first and deleted last."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    # A fresh unique name rather than `tempfile.mkdtemp`, whose folders are private (0700) and would stay so.
+    staging = output.parent / f".{output.name}.{uuid.uuid4().hex}.partial"
+    staging.mkdir()
+    try:
+        pipe.save_pretrained(staging)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if not output.exists():
+        staging.rename(output)
+        return
+    retired = staging.with_name(f"{staging.name}.old")
+    output.rename(retired)
+    try:
+        staging.rename(output)
+    except BaseException:
+        retired.rename(output)
+        raise
+    shutil.rmtree(retired)
+
+
+# ---- the subcommands -------------------------------------------------------------------------------------------------
+
+
+def _per_image_generators(seed: int, count: int) -> list[torch.Generator]:
+    """One CPU generator per image, image i seeded with `seed + i`, so each image is reproducible on its own."""
+    return [torch.Generator().manual_seed(seed + index) for index in range(count)]
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """`score-diffusers sample`: generate images and write a grid and/or one PNG per image."""
+    if args.grid is None and args.output_dir is None:
+        raise CLIError("nothing to write: pass --grid PATH and/or --output_dir DIR")
+    pipe = load_pipeline(args.pipeline, args.scheduler, args.classifier, args.device, show_progress=not args.quiet)
+    images = pipe(
+        batch_size=args.batch_size,
+        num_inference_steps=args.steps,
+        generator=_per_image_generators(args.seed, args.batch_size),
+        class_labels=args.class_labels,
+        guidance_scale=args.guidance_scale,
+    ).images
+    print(
+        f"Sampled {len(images)} images with {type(pipe.scheduler).__name__}: {args.steps} steps, "
+        f"{len(pipe.scheduler.timesteps)} model evaluations."
+    )
+    if args.output_dir is not None:
+        output_dir = Path(args.output_dir)
+        output_dir.mkdir(parents=True, exist_ok=True)
+        for index, image in enumerate(images):
+            image.save(output_dir / f"{index:04d}.png")
+        print(f"Wrote {output_dir}/0000.png ... {len(images) - 1:04d}.png")
+    if args.grid is not None:
+        grid_path = Path(args.grid)
+        grid_path.parent.mkdir(parents=True, exist_ok=True)
+        image_grid(images, args.grid_columns).save(grid_path)
+        print(f"Wrote {grid_path}")
+    return EXIT_OK
+
+
+def run_likelihood(args: argparse.Namespace) -> int:
+    """`score-diffusers likelihood`: bits/dim of every image of a folder, and their mean."""
+    files = image_files(args.image_folder)
+    pipe = load_pipeline(args.pipeline, KEEP, device=args.device, show_progress=not args.quiet)
+    images = load_images(files, pipe.unet.config.in_channels, _resolution(pipe.unet.config), args.resize)
+    result = pipe.log_likelihood(
+        images,
+        dequantize=args.dequantize,
+        divergence=args.divergence,
+        probe=args.probe,
+        num_probes=args.num_probes,
+        rtol=args.rtol,
+        atol=args.atol,
+        method=args.method,
+        num_steps=args.num_steps,
+        dtype=DTYPES[args.dtype],
+        batch_size=args.batch_size,
+        generator=_per_image_generators(args.seed, len(images)),
+        show_progress=not args.quiet,
+    )
+    bits_per_dim = result.bits_per_dim.double().cpu()
+    # The Hutchinson standard error, converted from nats per image to bits per dimension.
+    stderr = result.log_likelihood_stderr.double().cpu() / (result.latent[0].numel() * math.log(2))
+    with_stderr = args.divergence == "hutchinson" and args.num_probes > 1
+    width = max(len("file"), len("mean"), *(len(path.name) for path in files))
+    print(f"{'file':<{width}}  {'bits/dim':>10}" + (f"  {'± stderr':>10}" if with_stderr else ""))
+    for path, bpd, error in zip(files, bits_per_dim.tolist(), stderr.tolist()):
+        print(f"{path.name:<{width}}  {bpd:>10.4f}" + (f"  {error:>10.4f}" if with_stderr else ""))
+    print(f"{'mean':<{width}}  {bits_per_dim.mean().item():>10.4f}")
+    print(f"{len(files)} images, {result.nfe} evaluations of the probability-flow ODE ({args.divergence} divergence).")
+    return EXIT_OK
+
+
+def run_convert(args: argparse.Namespace) -> int:
+    """`score-diffusers convert`: a stock DDPM folder → a `ScoreGuidedPipeline` folder with a score scheduler."""
+    output = Path(args.output_folder)
+    if output.exists() and not output.is_dir():
+        raise CLIError(f"{output} exists and is not a folder")
+    if output.exists() and any(output.iterdir()) and not args.overwrite:
+        raise CLIError(f"{output} already exists and is not empty; pass --overwrite to replace it")
+    pipe = load_pipeline(args.ddpm_folder, args.scheduler, device="cpu")
+    save_atomically(pipe, output)
+    config = pipe.scheduler.config
+    print(
+        f"Saved a ScoreGuidedPipeline with {type(pipe.scheduler).__name__} (sde_type={config.get('sde_type', 've')}, "
+        f"prediction_type={config.prediction_type}, timestep_type={config.timestep_type}) to {output}"
+    )
+    return EXIT_OK
+
+
+# ---- the parser ------------------------------------------------------------------------------------------------------
+
+
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """Keeps the line breaks of descriptions and epilogs, and shows the default of every option that has one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An `ArgumentParser` whose usage errors raise `CLIError` (one line, exit status 2) instead of exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value < math.inf:
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text!r}")
+    return value
+
+
+def _add_common_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
+    """`--seed`, `--device` and `--quiet`, which `sample` and `likelihood` share."""
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--device", default=None, help="torch device; CUDA when available, else CPU")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_scheduler_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    """`--scheduler NAME`, one of `SCHEDULERS` (default: keep the pipeline's own)."""
+    parser.add_argument("--scheduler", default=KEEP, choices=tuple(SCHEDULERS), metavar="NAME", help=help_text)
+
+
+def _add_subcommand(
+    subcommands: argparse._SubParsersAction, name: str, run: Callable[[argparse.Namespace], int], summary: str,
+    description: str, epilog: str | None = None,
+) -> argparse.ArgumentParser:
+    """Register the subcommand `name`, which runs `run(args)`; its help opens with `summary`."""
+    parser = subcommands.add_parser(
+        name, help=summary, description=f"{summary}\n\n{description}", epilog=epilog, formatter_class=_HelpFormatter
+    )
+    parser.set_defaults(run=run)
+    return parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `score-diffusers` parser with its `sample`, `likelihood` and `convert` subcommands."""
+    parser = _Parser(
+        prog=PROG,
+        description="Score-based sampling, exact likelihoods and DDPM checkpoint conversion for Diffusers.",
+        epilog=scheduler_help(),
+        formatter_class=_HelpFormatter,
+    )
+    subcommands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    pipeline_help = "a local ScoreGuidedPipeline or stock DDPMPipeline folder, or a Hub id (owner/name)"
+
+    sample = _add_subcommand(
+        subcommands, "sample", run_sample, "Generate images with a score scheduler.",
+        "Writes a PNG grid (--grid) and/or one PNG per image (--output_dir). Image i starts from its own\n"
+        "generator seeded with seed + i. Guidance needs a classifier: one saved in the pipeline or --classifier.",
+        epilog=scheduler_help(),
+    )
+    sample.add_argument("pipeline", metavar="PIPELINE", help=pipeline_help)
+    _add_scheduler_argument(sample, "sampler to run (see the list below)")
+    sample.add_argument("--steps", type=_positive_int, default=50, help="num_inference_steps of the scheduler")
+    sample.add_argument("--batch_size", type=_positive_int, default=16, help="number of images")
+    sample.add_argument("--class_labels", type=int, nargs="+", default=None, metavar="LABEL",
+                        help="one class for every image or one per image (guidance or a class-conditional unet)")
+    sample.add_argument("--guidance_scale", type=float, default=0.0, help="classifier-guidance weight w >= 0")
+    sample.add_argument("--classifier", default=None, metavar="FOLDER",
+                        help="NoiseConditionalClassifier or transformers image-classifier folder (or Hub id)")
+    sample.add_argument("--grid", default=None, metavar="PATH", help="write all images as one PNG grid here")
+    sample.add_argument("--grid_columns", type=_positive_int, default=None, help="grid width (default: near-square)")
+    sample.add_argument("--output_dir", default=None, metavar="DIR", help="write 0000.png, 0001.png, ... here")
+    _add_common_arguments(sample, "image i uses seed + i")
+
+    likelihood = _add_subcommand(
+        subcommands, "likelihood", run_likelihood, "Bits/dim of every image in a folder under a pipeline's model.",
+        "Integrates the probability-flow ODE of the pipeline's model and scheduler (score_diffusers.log_likelihood)\n"
+        "and prints a table of file and bits/dim on the 8-bit scale, then the mean. Images are read with PIL in the\n"
+        "unet's channels (grey or RGB); a size other than the unet's is an error unless --resize.",
+    )
+    likelihood.add_argument("image_folder", metavar="IMAGE_FOLDER", help="folder of images (png, jpg, ...)")
+    likelihood.add_argument("--pipeline", required=True, help=pipeline_help)
+    likelihood.add_argument("--divergence", choices=DIVERGENCES, default="hutchinson",
+                            help="exact trace (one backward pass per dimension) or Hutchinson's estimator")
+    likelihood.add_argument("--num_probes", type=_positive_int, default=1, help="Hutchinson probes per image")
+    likelihood.add_argument("--probe", choices=PROBES, default="rademacher", help="Hutchinson probe distribution")
+    likelihood.add_argument("--method", choices=METHODS, default="dopri5", help="ODE solver")
+    likelihood.add_argument("--rtol", type=_positive_float, default=1e-5, help="relative tolerance (adaptive methods)")
+    likelihood.add_argument("--atol", type=_positive_float, default=1e-5, help="absolute tolerance (adaptive methods)")
+    likelihood.add_argument("--num_steps", type=_positive_int, default=None,
+                            help="steps of a fixed-grid method (euler, midpoint, rk4)")
+    likelihood.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=True,
+                            help="uniform dequantisation (k + u)/256 of the 8-bit levels")
+    likelihood.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the integration")
+    likelihood.add_argument("--batch_size", type=_positive_int, default=16, help="images per ODE solve")
+    likelihood.add_argument("--resize", action="store_true", help="resize images to the unet's resolution")
+    _add_common_arguments(likelihood, "dequantisation noise and probes of image i use seed + i")
+
+    convert = _add_subcommand(
+        subcommands, "convert", run_convert, "Convert a stock DDPMPipeline folder into a ScoreGuidedPipeline folder.",
+        "The unet is kept; the DDPMScheduler becomes the chosen score scheduler, configured from it (same alpha-bar\n"
+        "table, epsilon prediction, DDPM index timesteps). The folder is written beside OUTPUT_FOLDER first and\n"
+        "renamed into place, so a failed conversion never leaves a half-written folder.",
+        epilog=scheduler_help(),
+    )
+    convert.add_argument("ddpm_folder", metavar="DDPM_FOLDER", help=pipeline_help)
+    convert.add_argument("output_folder", metavar="OUTPUT_FOLDER", help="where to save the ScoreGuidedPipeline")
+    _add_scheduler_argument(convert, "scheduler to save with the pipeline (see the list below)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_FOLDER")
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    """The message of `error` on one line (its type when it has none)."""
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run `score-diffusers` with `argv` (default: `sys.argv[1:]`) and return the exit status: 0 on success, 2 on
+    bad input (the message on stderr). `--help` prints and returns 0."""
+    parser = build_parser()
+    try:
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exit_request:  # --help
+            return int(exit_request.code or EXIT_OK)
+        return args.run(args)
+    # The package raises ValueError on bad arguments and data; OSError covers unreadable files and Hub failures.
+    except (CLIError, ValueError, OSError) as error:
+        print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())
