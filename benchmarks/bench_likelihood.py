@@ -1,0 +1,246 @@
+"""Probability-flow log-likelihoods: accuracy against closed forms, and real versus pixel-shuffled digits.
+
+1. Accuracy and NFE. An 8-dimensional, 4-component Gaussian mixture driven by its exact score under VE
+   (σ_min = 0.01, σ_max = 200), VP and sub-VP (β 0.1 → 20). For several tolerances (rtol = atol), torchdiffeq's
+   dopri5 (the default) beside SciPy's `solve_ivp` RK45, with the exact divergence and with Hutchinson
+   (4 Rademacher probes). The error is in bits/dim against the closed form log p_ε(x) (the mixture perturbed to
+   t = ε); "solver error" swaps the prior for the exact p_1 and so isolates the integration.
+2. A DDPM trained on scikit-learn's digits (16×16, 8-bit, [−1, 1]): bits/dim of test-split images against the
+   same images with their pixels shuffled, with uniform dequantisation and score_sde's 8-bit convention. The
+   checkpoint is `benchmarks/digits_ddpm.py`'s `get_digits_ddpm()` (trained on all digits, so the test images were
+   seen) when that module exists; with `--checkpoint held-out` (or without that module) a `UNet2DModel` of the
+   same size is trained here on the train split only (~15 minutes on 2 busy CPU cores), cached in
+   `~/.cache/score_diffusers/` (or `$SCORE_DIFFUSERS_CACHE`).
+
+    python benchmarks/bench_likelihood.py            # both parts
+    python benchmarks/bench_likelihood.py --quick    # fewer tolerances and images
+    python benchmarks/bench_likelihood.py --part accuracy   # or --part digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+
+from score_diffusers import ProbabilityFlowScheduler, log_likelihood
+from score_diffusers.analytic import ExactScoreModel, GaussianMixture
+from score_diffusers.datasets import load_digits_images
+from score_diffusers.likelihood import eight_bit_offset
+
+try:
+    from machine import machine_description
+except ImportError:  # run as a module from the repository root
+    from benchmarks.machine import machine_description
+
+# The fallback digits DDPM is cached outside the repository.
+CACHE = Path(os.environ.get("SCORE_DIFFUSERS_CACHE", Path.home() / ".cache" / "score_diffusers"))
+DIM, COMPONENTS, NUM_SAMPLES = 8, 4, 64
+VE_SIGMA_MAX = 200.0
+NUM_PROBES = 4
+DIGITS_RANGE = (-1.0, 1.0)
+DIGITS_RESOLUTION = 16
+# Fallback digits DDPM: Adam(W) with a one-cycle schedule peaking at TRAIN_LR, batches of TRAIN_BATCH.
+TRAIN_LR, TRAIN_BATCH = 2e-3, 64
+
+
+# ---- part 1: accuracy against the closed form --------------------------------------------------------------------
+
+
+@dataclass
+class AccuracyRow:
+    sde: str
+    divergence: str
+    rtol: float
+    method: str
+    nfe: int
+    mean_error: float
+    max_error: float
+    solver_error: float
+    stderr: float
+    seconds: float
+
+
+def accuracy_rows(rtols: list[float]) -> list[AccuracyRow]:
+    mixture = GaussianMixture.random(COMPONENTS, DIM, mean_scale=0.5, generator=torch.Generator().manual_seed(0))
+    samples, _ = mixture.sample(NUM_SAMPLES, generator=torch.Generator().manual_seed(1))
+    to_bpd = 1 / (DIM * math.log(2))
+    rows = []
+    for sde_type, kwargs in (("ve", {"sigma_max": VE_SIGMA_MAX}), ("vp", {}), ("subvp", {})):
+        scheduler = ProbabilityFlowScheduler(sde_type=sde_type, **kwargs)
+        model = ExactScoreModel(mixture, scheduler)
+        sde = scheduler.sde
+
+        def marginal(t: float) -> tuple[torch.Tensor, torch.Tensor]:
+            t = torch.tensor(t, dtype=torch.float64)
+            return sde.mean_coeff(t), sde.marginal_std(t)
+
+        true = mixture.log_prob(samples, *marginal(scheduler._sampling_eps))
+        for divergence in ("exact", "hutchinson"):
+            for rtol in rtols:
+                for method in ("dopri5", "RK45"):
+                    start = time.perf_counter()
+                    out = log_likelihood(
+                        model, scheduler, samples, divergence=divergence, num_probes=NUM_PROBES, rtol=rtol,
+                        atol=rtol, method=method, dtype=torch.float64, generator=torch.Generator().manual_seed(2),
+                        show_progress=False,
+                    )
+                    seconds = time.perf_counter() - start
+                    error = (out.log_likelihood - true) * to_bpd
+                    prior_gap = out.prior_log_prob - mixture.log_prob(out.latent, *marginal(1.0))
+                    solver_error = (out.log_likelihood - prior_gap - true) * to_bpd
+                    rows.append(
+                        AccuracyRow(
+                            sde_type, divergence, rtol, method, out.nfe, float(error.abs().mean()),
+                            float(error.abs().max()), float(solver_error.abs().mean()),
+                            float(out.log_likelihood_stderr.mean() * to_bpd), seconds,
+                        )
+                    )
+                    print(f"  {sde_type:5s} {divergence:10s} rtol {rtol:.0e} {method:6s} NFE {out.nfe:4d} "
+                          f"{seconds:5.1f}s", flush=True)
+    return rows
+
+
+def print_accuracy(rows: list[AccuracyRow]) -> None:
+    print(
+        f"\n{DIM}-D, {COMPONENTS}-component mixture, {NUM_SAMPLES} points, exact score, float64; "
+        f"errors in bits/dim against log p_ε. Hutchinson uses {NUM_PROBES} Rademacher probes.\n"
+    )
+    print("| SDE | divergence | rtol = atol | solver | NFE | mean abs error | max abs error | "
+          "solver error (exact p_1) | Hutchinson SE | seconds |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|")
+    for r in rows:
+        solver = "torchdiffeq dopri5" if r.method == "dopri5" else "SciPy RK45"
+        stderr = f"{r.stderr:.4f}" if r.divergence == "hutchinson" else "0"
+        print(
+            f"| {r.sde} | {r.divergence} | {r.rtol:.0e} | {solver} | {r.nfe} | {r.mean_error:.2e} | "
+            f"{r.max_error:.2e} | {r.solver_error:.2e} | {stderr} | {r.seconds:.1f} |"
+        )
+
+
+# ---- part 2: a DDPM on digits ----------------------------------------------------------------------------------------
+
+
+def train_digits_ddpm(path: Path, steps: int, seed: int = 0) -> None:
+    """Train a small DDPM on the digits' train split (ε-prediction, 1000 linear-β steps) and save a DDPMPipeline."""
+    torch.manual_seed(seed)
+    images, _ = load_digits_images(DIGITS_RESOLUTION, split="train")
+    # Small enough to train in minutes on two CPU cores; attention-free.
+    unet = UNet2DModel(
+        sample_size=DIGITS_RESOLUTION, in_channels=1, out_channels=1, block_out_channels=(16, 32, 32),
+        layers_per_block=1, down_block_types=("DownBlock2D",) * 3, up_block_types=("UpBlock2D",) * 3,
+        norm_num_groups=8,
+    )
+    scheduler = DDPMScheduler(num_train_timesteps=1000)
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=TRAIN_LR, weight_decay=0.0)
+    lr_schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=TRAIN_LR, total_steps=steps, pct_start=0.05)
+    generator = torch.Generator().manual_seed(seed)
+    unet.train()
+    start = time.perf_counter()
+    for step in range(steps):
+        batch = images[torch.randint(0, images.shape[0], (TRAIN_BATCH,), generator=generator)]
+        noise = torch.randn(batch.shape, generator=generator)
+        timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (batch.shape[0],), generator=generator)
+        loss = torch.nn.functional.mse_loss(unet(scheduler.add_noise(batch, noise, timesteps), timesteps).sample, noise)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        lr_schedule.step()
+        if step % 500 == 0 or step == steps - 1:
+            print(f"  train step {step:5d}  loss {loss.item():.4f}  {time.perf_counter() - start:6.0f}s", flush=True)
+    DDPMPipeline(unet=unet.eval(), scheduler=scheduler).save_pretrained(path)
+
+
+def load_digits_ddpm(checkpoint: str, train_steps: int) -> tuple[UNet2DModel, DDPMScheduler, str]:
+    """The digits DDPM and a note on where it came from.
+
+    `"shared"`: `benchmarks/digits_ddpm.get_digits_ddpm()` (trained on all 1,797 digits, test images included), or
+    this script's own when that module is absent. `"held-out"`: this script's own, trained on the train split only
+    and cached in `CACHE`.
+    """
+    if checkpoint == "shared":
+        try:
+            from digits_ddpm import get_digits_ddpm
+        except ImportError:
+            try:
+                from benchmarks.digits_ddpm import get_digits_ddpm
+            except ImportError:
+                get_digits_ddpm = None
+        if get_digits_ddpm is not None:
+            pipeline = get_digits_ddpm()
+            return pipeline.unet, pipeline.scheduler, "benchmarks/digits_ddpm.py, trained on all digits incl. these"
+    path = CACHE / f"likelihood_digits_ddpm_{train_steps}"
+    if not (path / "model_index.json").exists():
+        print(f"Training a digits DDPM for {train_steps} steps (cached in {path}) ...", flush=True)
+        train_digits_ddpm(path, train_steps)
+    pipeline = DDPMPipeline.from_pretrained(path)
+    return pipeline.unet, pipeline.scheduler, f"this script's, {train_steps} steps on the train split only"
+
+
+def digits_comparison(num_images: int, checkpoint: str, train_steps: int, rtol: float) -> None:
+    unet, ddpm_scheduler, source = load_digits_ddpm(checkpoint, train_steps)
+    unet.eval().requires_grad_(False)
+    scheduler = ProbabilityFlowScheduler.from_config(ddpm_scheduler.config)
+    images, _ = load_digits_images(DIGITS_RESOLUTION, split="test")
+    images = images[:num_images]
+    generator = torch.Generator().manual_seed(0)
+    # Shuffle each image's pixels with its own permutation: same values, no spatial structure.
+    flat = images.reshape(num_images, -1)
+    permutations = torch.stack([torch.randperm(flat.shape[1], generator=generator) for _ in range(num_images)])
+    shuffled = torch.gather(flat, 1, permutations).reshape(images.shape)
+
+    results = {}
+    for name, batch in (("test images", images), ("pixel-shuffled", shuffled)):
+        start = time.perf_counter()
+        out = log_likelihood(
+            unet, scheduler, batch, data_range=DIGITS_RANGE, dequantize=True, divergence="hutchinson",
+            num_probes=1, rtol=rtol, atol=rtol, dtype=torch.float64, generator=torch.Generator().manual_seed(1),
+        )
+        results[name] = (out, time.perf_counter() - start)
+
+    print(
+        f"\nDigits DDPM ({source}; {DIGITS_RESOLUTION}×{DIGITS_RESOLUTION}, ε-prediction, VP on its own ᾱ table), "
+        f"the first {num_images} images of the test split; uniform dequantisation, Hutchinson (1 Rademacher probe), "
+        f"dopri5 rtol = atol = {rtol:.0e}, bits/dim on the 8-bit scale (+{eight_bit_offset(DIGITS_RANGE):g} for [−1, 1]).\n"
+    )
+    print("| images | mean bits/dim | std | min | max | NFE | seconds |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, (out, seconds) in results.items():
+        bpd = out.bits_per_dim
+        print(
+            f"| {name} | {bpd.mean():.3f} | {bpd.std():.3f} | {bpd.min():.3f} | {bpd.max():.3f} | {out.nfe} | "
+            f"{seconds:.0f} |"
+        )
+    real, fake = results["test images"][0].bits_per_dim, results["pixel-shuffled"][0].bits_per_dim
+    print(f"\nReal images get fewer bits/dim than their shuffled copies in {int((real < fake).sum())}/{num_images} "
+          f"pairs; mean gap {float((fake - real).mean()):.3f} bits/dim.")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer tolerances and images")
+    parser.add_argument("--train-steps", type=int, default=1500, help="training steps of the fallback digits DDPM")
+    parser.add_argument(
+        "--checkpoint", choices=("shared", "held-out"), default="shared",
+        help="digits DDPM: benchmarks/digits_ddpm.py's (all digits) or this script's (train split only)",
+    )
+    parser.add_argument("--part", choices=("all", "accuracy", "digits"), default="all", help="which part to run")
+    args = parser.parse_args()
+    print(machine_description(), flush=True)
+    if args.part in ("all", "accuracy"):
+        rtols = [1e-3, 1e-5] if args.quick else [1e-3, 1e-4, 1e-5, 1e-6]
+        print_accuracy(accuracy_rows(rtols))
+    if args.part in ("all", "digits"):
+        digits_comparison(
+            num_images=16 if args.quick else 64, checkpoint=args.checkpoint, train_steps=args.train_steps, rtol=1e-4
+        )
+
+
+if __name__ == "__main__":
+    main()

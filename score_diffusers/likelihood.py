@@ -1,0 +1,644 @@
+"""Exact log-likelihoods and data ↔ latent encoding through the probability-flow ODE.
+
+The probability-flow ODE of an SDE dx = f(x, t)dt + g(t)dw,
+
+    dx/dt = F(x, t) = f(x, t) − ½ g(t)² ∇ₓ log p_t(x),
+
+carries p_ε to p_1 deterministically (Song et al., ICLR 2021, https://arxiv.org/abs/2011.13456, §4.3 and
+App. D.2). Along a trajectory d/dt log p_t(x_t) = −∇·F(x_t, t) (the instantaneous change of variables of
+Chen et al., 2018), so with x_ε = x the data point and x_1 its latent,
+
+    log p_ε(x) = log p_1(x_1) + ∫_ε^1 ∇·F(x_t, t) dt,
+
+where p_1 is replaced by the SDE's prior. Both are integrated jointly from t = ε to 1 by an adaptive solver of
+torchdiffeq (``"dopri5"`` …) or SciPy's `solve_ivp` (``"RK45"`` …). The divergence is exact (the sum of the D
+diagonal entries of ∂F/∂x, one backward pass each) or the Skilling–Hutchinson estimate vᵀ(∂F/∂x)v with a fixed set
+of probes v per sample for the whole solve, as in score_sde; each probe keeps its own integral, so the spread of
+the probes gives a standard error.
+
+The score comes from any callable `model(x, timestep)` returning a tensor or an object with `.sample` (a
+Diffusers `UNet2DModel`), turned into ∇ log p_t by the scheduler: its config decides the SDE, the timestep the
+model receives (`scheduler.timestep_for_time(t)`, passed as a float tensor of shape `(batch,)`) and whether the
+model predicts the score or ε. The model must treat the samples of a batch independently (e.g. `eval()` mode).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, TypedDict
+
+import torch
+from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
+from typing_extensions import Unpack
+
+from .schedulers.scheduling_utils import ScoreSchedulerMixin, check_choice, check_positive_int
+
+Divergence = Literal["exact", "hutchinson"]
+Probe = Literal["rademacher", "gaussian"]
+Method = Literal["dopri5", "dopri8", "bosh3", "adaptive_heun", "euler", "midpoint", "rk4", "RK45", "RK23", "DOP853"]
+GeneratorLike = torch.Generator | list[torch.Generator] | None
+
+DIVERGENCES: tuple[str, ...] = ("exact", "hutchinson")
+PROBES: tuple[str, ...] = ("rademacher", "gaussian")
+# torchdiffeq's adaptive solvers take `rtol`/`atol`; its fixed-grid ones take `num_steps` instead.
+TORCHDIFFEQ_ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
+TORCHDIFFEQ_FIXED_METHODS: tuple[str, ...] = ("euler", "midpoint", "rk4")
+SCIPY_METHODS: tuple[str, ...] = ("RK45", "RK23", "DOP853")
+METHODS: tuple[str, ...] = TORCHDIFFEQ_ADAPTIVE_METHODS + TORCHDIFFEQ_FIXED_METHODS + SCIPY_METHODS
+
+# 8-bit image data has 256 intensity levels; an integer level k is dequantised to (k + u)/256, u ~ U[0, 1).
+EIGHT_BIT_LEVELS = 256
+# Largest 8-bit level: data in [lo, hi] holds k as lo + (hi − lo)·k/255 (how images are scaled to a range).
+_MAX_LEVEL = EIGHT_BIT_LEVELS - 1
+# Slack, relative to the width of `data_range`, for float round-off at the range's ends.
+_RANGE_SLACK = 1e-6
+
+
+def eight_bit_offset(data_range: tuple[float, float]) -> float:
+    """Bits/dim to add to −log₂ p(x)/D so that a density of data scaled to `data_range` is read on the 8-bit scale.
+
+    The 8-bit scale is y = 256·(x − lo)/(hi − lo) ∈ [0, 256), where level k occupies [k, k + 1). Per dimension
+    p_y(y) = p_x(x)·(hi − lo)/256, hence −log₂ p_y(y)/D = −log₂ p_x(x)/D + log₂(256/(hi − lo)): 7 bits/dim for
+    [−1, 1] and 8 for [0, 1], the offsets score_sde adds.
+    """
+    low, high = data_range
+    return math.log2(EIGHT_BIT_LEVELS / (high - low))
+
+
+# ---- outputs ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LikelihoodOutput(BaseOutput):
+    """Output of `log_likelihood`.
+
+    Args:
+        log_likelihood (`torch.Tensor` of shape `(batch,)`):
+            log p_ε(x) in nats per sample, a density over the (dequantised) samples in their own scale.
+        bits_per_dim (`torch.Tensor` of shape `(batch,)`):
+            −log p/(D ln 2), plus `eight_bit_offset(data_range)` when `data_range` is given (the 8-bit scale).
+        nfe (`int`):
+            Evaluations of the ODE's right-hand side (one batched model call each), summed over the chunks.
+        latent (`torch.Tensor` of shape `(batch, *dims)`):
+            x_1, the end of each trajectory at t = 1.
+        log_likelihood_stderr (`torch.Tensor` of shape `(batch,)`):
+            Standard error of `log_likelihood` over the Hutchinson probes (std/√num_probes); 0 for the exact
+            divergence, NaN for a single probe. Divide by D ln 2 for bits/dim.
+        prior_log_prob (`torch.Tensor` of shape `(batch,)`):
+            log p_1(x_1) under the SDE's prior; `log_likelihood − prior_log_prob` is ∫ ∇·F dt.
+    """
+
+    log_likelihood: torch.Tensor
+    bits_per_dim: torch.Tensor
+    nfe: int
+    latent: torch.Tensor
+    log_likelihood_stderr: torch.Tensor
+    prior_log_prob: torch.Tensor
+
+
+@dataclass
+class FlowOutput(BaseOutput):
+    """Output of `encode` and `decode`.
+
+    Args:
+        sample (`torch.Tensor` of shape `(batch, *dims)`): latents at t = 1 (`encode`) or samples at t = ε (`decode`).
+        nfe (`int`): evaluations of the ODE's right-hand side, summed over the chunks.
+    """
+
+    sample: torch.Tensor
+    nfe: int
+
+
+@dataclass
+class RoundTripOutput(BaseOutput):
+    """Output of `round_trip`.
+
+    Args:
+        latent (`torch.Tensor` of shape `(batch, *dims)`): `encode(samples)`.
+        reconstruction (`torch.Tensor` of shape `(batch, *dims)`): `decode(latent)`.
+        error (`torch.Tensor` of shape `(batch,)`): per-sample RMS of `reconstruction − samples`.
+        nfe (`int`): evaluations of both solves together.
+    """
+
+    latent: torch.Tensor
+    reconstruction: torch.Tensor
+    error: torch.Tensor
+    nfe: int
+
+
+# ---- the probability-flow drift and its divergence ----------------------------------------------------------------
+
+
+def _model_dtype(model: Any) -> torch.dtype | None:
+    """The floating dtype `model` computes in (a Diffusers model's `.dtype`, else its first floating parameter)."""
+    dtype = getattr(model, "dtype", None)
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    if isinstance(model, torch.nn.Module):
+        return next((p.dtype for p in model.parameters() if p.is_floating_point()), None)
+    return None
+
+
+class _ProbabilityFlow:
+    """F(x, t) = f(x, t) − ½g(t)²·s_θ(x, t) for `scheduler`'s SDE, with the score of `model`.
+
+    The model is called in its own dtype (inputs cast, output cast back), so a float32 network serves a float64
+    integration.
+    """
+
+    def __init__(self, model: Callable[..., Any], scheduler: ScoreSchedulerMixin):
+        self.model = model
+        self.scheduler = scheduler
+        self.model_dtype = _model_dtype(model)
+
+    def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """The drift at `x` of shape `(batch, *dims)` and time `t`, shape and dtype of `x`."""
+        return self.drift(x, t, self.score(x, t))
+
+    def drift(self, x: torch.Tensor, t: float, score: torch.Tensor) -> torch.Tensor:
+        """f(x, t) − ½g(t)²·`score`, shape and dtype of `x`."""
+        return self.scheduler.sde.reverse_drift(x, t, score, probability_flow=True).to(x.dtype)
+
+    def score(self, x: torch.Tensor, t: float) -> torch.Tensor:
+        """∇ₓ log p_t(x) from the model, shape and dtype of `x`."""
+        dtype = self.model_dtype or x.dtype
+        timestep = self.scheduler.timestep_for_time(t).to(device=x.device, dtype=dtype).expand(x.shape[0])
+        output = self.model(x.to(dtype), timestep)
+        output = getattr(output, "sample", output)
+        if not isinstance(output, torch.Tensor) or output.shape != x.shape:
+            shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+            raise ValueError(f"`model` must return a tensor of the samples' shape {tuple(x.shape)}; got {shape}.")
+        return self.scheduler.score_from_model_output(output.to(x.dtype), timestep)
+
+
+def _drift_and_divergence(
+    flow: _ProbabilityFlow, x: torch.Tensor, t: float, probes: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """F(x, t) and its divergence, without keeping the autograd graph.
+
+    Args:
+        x (`torch.Tensor` of shape `(batch, *dims)`): where to evaluate.
+        probes (`torch.Tensor` of shape `(batch, P, D)`, *optional*): Hutchinson probes v; `None` for the exact
+            divergence Σ_i ∂F_i/∂x_i.
+
+    Returns:
+        The drift (shape of `x`) and the divergence of shape `(batch, P)` (one estimate vᵀ(∂F/∂x)v per probe),
+        or `(batch, 1)` when exact.
+    """
+    batch = x.shape[0]
+    with torch.enable_grad():
+        x = x.detach().requires_grad_(True)
+        score = flow.score(x, t)
+        if not score.requires_grad:
+            raise ValueError(
+                "The divergence needs a model output that is differentiable with respect to its input; the model "
+                "returned a tensor without an autograd graph (is it running under torch.no_grad() or via NumPy?)."
+            )
+        drift = flow.drift(x, t, score)
+        flat = drift.reshape(batch, -1)
+        # Samples are independent, so one backward pass of a batch sum gives every sample's own derivatives.
+        if probes is None:
+            dim = flat.shape[1]
+            diagonal = [
+                _input_grad(flat[:, i].sum(), x, retain=i < dim - 1).reshape(batch, -1)[:, i] for i in range(dim)
+            ]
+            divergence = torch.stack(diagonal, dim=1).sum(dim=1, keepdim=True)
+        else:
+            num_probes = probes.shape[1]
+            estimates = [
+                (_input_grad((flat * probes[:, p]).sum(), x, retain=p < num_probes - 1).reshape(batch, -1)
+                 * probes[:, p]).sum(dim=1)
+                for p in range(num_probes)
+            ]
+            divergence = torch.stack(estimates, dim=1)
+    return drift.detach(), divergence.detach()
+
+
+def _input_grad(output: torch.Tensor, x: torch.Tensor, retain: bool) -> torch.Tensor:
+    """∂output/∂x, zeros where `output` does not depend on `x`."""
+    (grad,) = torch.autograd.grad(output, x, retain_graph=retain, allow_unused=True)
+    return torch.zeros_like(x) if grad is None else grad
+
+
+# ---- solver -----------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SolverSettings:
+    method: str
+    rtol: float
+    atol: float
+    num_steps: int | None
+    batch_size: int | None
+    show_progress: bool
+
+
+def _check_solver_settings(
+    *,
+    method: str = "dopri5",
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    num_steps: int | None = None,
+    batch_size: int | None = None,
+    show_progress: bool = True,
+) -> _SolverSettings:
+    """Validate the solver arguments (defaults as in `log_likelihood`)."""
+    check_choice("method", method, METHODS)
+    for name, value in (("rtol", rtol), ("atol", atol)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < math.inf:
+            raise ValueError(f"`{name}` must be a finite number > 0; got {value!r}.")
+    if method in TORCHDIFFEQ_FIXED_METHODS:
+        if num_steps is None:
+            raise ValueError(f"The fixed-grid `method` {method!r} needs `num_steps` (an integer >= 1).")
+        check_positive_int("num_steps", num_steps)
+    elif num_steps is not None:
+        raise ValueError(
+            f"`num_steps` is only used by the fixed-grid methods {', '.join(map(repr, TORCHDIFFEQ_FIXED_METHODS))}; "
+            f"the adaptive {method!r} takes `rtol`/`atol`."
+        )
+    if batch_size is not None:
+        check_positive_int("batch_size", batch_size)
+    return _SolverSettings(method, float(rtol), float(atol), num_steps, batch_size, bool(show_progress))
+
+
+def _per_sample_max_rms(tensor: torch.Tensor) -> torch.Tensor:
+    """Error norm for torchdiffeq: the largest per-sample RMS, so each sample meets the tolerances on its own."""
+    return tensor.reshape(tensor.shape[0], -1).pow(2).mean(dim=1).sqrt().max()
+
+
+def _integrate(
+    rhs: Callable[[float, torch.Tensor], torch.Tensor],
+    y0: torch.Tensor,
+    t_span: tuple[float, float],
+    settings: _SolverSettings,
+) -> torch.Tensor:
+    """Solve dy/dt = rhs(t, y) for the state `y0` of shape `(batch, K)` over `t_span`; returns y at its end."""
+    t_start, t_end = t_span
+    if settings.method in SCIPY_METHODS:
+        from scipy.integrate import solve_ivp
+
+        def scipy_rhs(t: float, y):
+            state = torch.from_numpy(y).to(device=y0.device, dtype=y0.dtype).reshape(y0.shape)
+            return rhs(t, state).reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+
+        initial = y0.detach().reshape(-1).to(device="cpu", dtype=torch.float64).numpy()
+        solution = solve_ivp(
+            scipy_rhs, t_span, initial, method=settings.method, rtol=settings.rtol, atol=settings.atol
+        )
+        if not solution.success:
+            raise RuntimeError(f"solve_ivp({settings.method!r}) failed: {solution.message}")
+        return torch.from_numpy(solution.y[:, -1]).to(device=y0.device, dtype=y0.dtype).reshape(y0.shape)
+
+    from torchdiffeq import odeint
+
+    times = torch.tensor([t_start, t_end], dtype=torch.float64, device=y0.device)
+    if settings.method in TORCHDIFFEQ_FIXED_METHODS:
+        options = {"step_size": (t_end - t_start) / settings.num_steps}
+    else:
+        # `step_t` makes the last step land on t_end: past it the SDE's coefficients may be undefined (VP at t < 0).
+        # (A tensor, which torchdiffeq negates for a decreasing time span.)
+        options = {"norm": _per_sample_max_rms, "step_t": times[1:]}
+    return odeint(
+        lambda t, y: rhs(float(t), y), y0, times, rtol=settings.rtol, atol=settings.atol,
+        method=settings.method, options=options,
+    )[-1]
+
+
+def _solve_in_chunks(
+    states: torch.Tensor,
+    t_span: tuple[float, float],
+    settings: _SolverSettings,
+    make_rhs: Callable[[slice], Callable[[float, torch.Tensor], torch.Tensor]],
+    description: str,
+) -> tuple[torch.Tensor, int]:
+    """Integrate the rows of `states` (shape `(N, K)`) in chunks of `settings.batch_size`, under `torch.no_grad`.
+
+    `make_rhs(rows)` gives the right-hand side for the chunk `states[rows]`. Returns the final states and the NFE
+    summed over the chunks; a progress bar counts samples and shows the running NFE.
+    """
+    num_samples = states.shape[0]
+    chunk = settings.batch_size or num_samples
+    nfe = 0
+    finals = []
+    with torch.no_grad(), tqdm(
+        total=num_samples, desc=description, unit="sample", disable=not settings.show_progress
+    ) as bar:
+        for start in range(0, num_samples, chunk):
+            rows = slice(start, start + chunk)
+            rhs = make_rhs(rows)
+
+            def counted_rhs(t: float, y: torch.Tensor) -> torch.Tensor:
+                nonlocal nfe
+                nfe += 1
+                bar.set_postfix(nfe=nfe, refresh=False)
+                bar.update(0)  # redraws at most every `mininterval`
+                return rhs(t, y)
+
+            finals.append(_integrate(counted_rhs, states[rows], t_span, settings))
+            bar.update(finals[-1].shape[0])
+    return torch.cat(finals), nfe
+
+
+# ---- input checks and random draws ------------------------------------------------------------------------------
+
+
+def _check_scheduler(scheduler: Any) -> None:
+    if not isinstance(scheduler, ScoreSchedulerMixin):
+        raise ValueError(
+            f"`scheduler` must be a score scheduler of this package; got {type(scheduler).__name__}. Convert a "
+            "Diffusers DDPM or score-SDE scheduler with `ProbabilityFlowScheduler.from_config(scheduler.config)`."
+        )
+
+
+def _checked_samples(samples: Any, name: str, dtype: torch.dtype | None) -> torch.Tensor:
+    """`samples` as a batch-first floating tensor in `dtype` (default: its own floating dtype)."""
+    if not isinstance(samples, torch.Tensor):
+        raise ValueError(f"`{name}` must be a torch.Tensor of shape (batch, *dims); got {type(samples).__name__}.")
+    if samples.ndim < 2 or samples.shape[0] == 0 or samples[0].numel() == 0:
+        raise ValueError(
+            f"`{name}` must be batch-first with shape (batch, *dims), batch >= 1 and at least one value per sample; "
+            f"got shape {tuple(samples.shape)} (add a batch dimension with `{name}[None]`)."
+        )
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"`dtype` must be a floating dtype such as torch.float64; got {dtype}.")
+    dtype = dtype or (samples.dtype if samples.is_floating_point() else torch.get_default_dtype())
+    samples = samples.detach().to(dtype)
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError(f"`{name}` holds NaN or infinite values.")
+    return samples
+
+
+def _check_data_range(samples: torch.Tensor, data_range: Any) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in data_range)
+    except (TypeError, ValueError):
+        raise ValueError(f"`data_range` must be a pair (low, high) of numbers; got {data_range!r}.") from None
+    if not low < high:
+        raise ValueError(f"`data_range` must have low < high; got {data_range!r}.")
+    slack = _RANGE_SLACK * (high - low)
+    smallest, largest = float(samples.min()), float(samples.max())
+    if smallest < low - slack or largest > high + slack:
+        raise ValueError(
+            f"`samples` must lie in `data_range` [{low}, {high}]; they span [{smallest:.6g}, {largest:.6g}]. "
+            "Scale them to the range first (e.g. x * 2 - 1 maps [0, 1] images to [-1, 1])."
+        )
+    return low, high
+
+
+def _draw_per_sample(
+    draw: Callable[[tuple[int, ...], torch.Generator | None, torch.device], torch.Tensor],
+    shape: tuple[int, ...],
+    generator: GeneratorLike,
+    device: torch.device,
+) -> torch.Tensor:
+    """`draw(shape, generator, device)` with one generator, or row by row with a list of one generator per row.
+
+    Draws happen on the generator's device (CPU without one) and move to `device`.
+    """
+    if isinstance(generator, list):
+        if len(generator) != shape[0]:
+            raise ValueError(f"`generator` is a list of {len(generator)}; it must hold one per sample ({shape[0]}).")
+        rows = [draw((1, *shape[1:]), g, g.device) for g in generator]
+        return torch.cat(rows).to(device)
+    return draw(shape, generator, generator.device if generator is not None else torch.device("cpu")).to(device)
+
+
+def _dequantize(
+    samples: torch.Tensor, data_range: tuple[float, float], generator: GeneratorLike
+) -> torch.Tensor:
+    """Uniform dequantisation on the 8-bit grid: level k = round((x − lo)/(hi − lo)·255) becomes
+    lo + (hi − lo)·(k + u)/256 with u ~ U[0, 1) drawn from `generator`."""
+    low, high = data_range
+    width = high - low
+    levels = torch.round((samples - low) / width * _MAX_LEVEL).clamp(0, _MAX_LEVEL)
+    noise = _draw_per_sample(
+        lambda shape, g, device: torch.rand(shape, generator=g, device=device, dtype=samples.dtype),
+        tuple(samples.shape), generator, samples.device,
+    )
+    return low + width * (levels + noise) / EIGHT_BIT_LEVELS
+
+
+def _draw_probes(
+    probe: str, shape: tuple[int, int, int], generator: GeneratorLike, like: torch.Tensor
+) -> torch.Tensor:
+    """Hutchinson probes of shape `(batch, P, D)` with E[vvᵀ] = I: Rademacher ±1 or standard normal."""
+
+    def draw(shape: tuple[int, ...], g: torch.Generator | None, device: torch.device) -> torch.Tensor:
+        if probe == "gaussian":
+            return torch.randn(shape, generator=g, device=device, dtype=like.dtype)
+        return torch.randint(0, 2, shape, generator=g, device=device).to(like.dtype) * 2 - 1
+
+    return _draw_per_sample(draw, shape, generator, like.device)
+
+
+def _time_span(scheduler: ScoreSchedulerMixin) -> tuple[float, float]:
+    """(ε, T): the scheduler's last sampling time (0 where it has none, as annealed Langevin's σ_min at t = 0)."""
+    return float(getattr(scheduler, "_sampling_eps", 0.0)), float(scheduler.sde.T)
+
+
+# ---- public API ---------------------------------------------------------------------------------------------------
+
+
+def log_likelihood(
+    model: Callable[..., Any],
+    scheduler: ScoreSchedulerMixin,
+    samples: torch.Tensor,
+    *,
+    data_range: tuple[float, float] | None = None,
+    dequantize: bool = False,
+    divergence: Divergence = "hutchinson",
+    probe: Probe = "rademacher",
+    num_probes: int = 1,
+    rtol: float = 1e-5,
+    atol: float = 1e-5,
+    method: Method = "dopri5",
+    num_steps: int | None = None,
+    dtype: torch.dtype | None = None,
+    batch_size: int | None = None,
+    generator: GeneratorLike = None,
+    show_progress: bool = True,
+) -> LikelihoodOutput:
+    """Log-likelihood of `samples` under the probability-flow ODE of `model` and `scheduler`.
+
+    Integrates dx/dt = F(x, t) = f − ½g²·s_θ together with d/dt ℓ = ∇·F from t = ε to 1 and returns
+    log p_ε(x) = log p_prior(x_1) + ∫_ε^1 ∇·F(x_t, t) dt. The result is the density of the data perturbed to t = ε
+    (σ_ε = σ_min for VE at ε ≈ 0), with the SDE's prior standing in for p_1.
+
+    Args:
+        model (`Callable`): `model(x, timestep)` → score or ε (per `scheduler.config.prediction_type`) as a tensor
+            or an object with `.sample`; differentiable in `x`. Fed `scheduler.timestep_for_time(t)` as a float
+            tensor of shape `(batch,)` in the model's dtype.
+        scheduler (`ScoreSchedulerMixin`): a score scheduler of this package; gives the SDE, ε and the time and
+            prediction conventions. A DDPM checkpoint's scheduler converts with
+            `ProbabilityFlowScheduler.from_config(ddpm_scheduler.config)`.
+        samples (`torch.Tensor` of shape `(batch, *dims)`): the points x; D = prod(dims).
+        data_range (`tuple[float, float]`, *optional*): declares `samples` to be 8-bit image data scaled to
+            [low, high] (level k ↦ low + (high − low)·k/255). Samples outside raise; `bits_per_dim` is then reported
+            on the 8-bit scale (`eight_bit_offset`: +7 for [−1, 1], +8 for [0, 1]).
+        dequantize (`bool`, defaults to `False`): replace level k by (k + u)/256 scaled to `data_range`,
+            u ~ U[0, 1) from `generator`, as score_sde does; needs `data_range`.
+        divergence (`str`, defaults to `"hutchinson"`): `"exact"` (D backward passes per evaluation) or
+            `"hutchinson"` (`num_probes` backward passes).
+        probe (`str`, defaults to `"rademacher"`): Hutchinson probe law, `"rademacher"` or `"gaussian"`.
+        num_probes (`int`, defaults to 1): probes per sample, fixed for the whole solve and averaged; ignored by
+            the exact divergence.
+        rtol (`float`, defaults to 1e-5), atol (`float`, defaults to 1e-5): tolerances of an adaptive solver.
+            torchdiffeq's solvers here meet them per sample (error norm = largest per-sample RMS); SciPy's use the
+            RMS over the whole chunk.
+        method (`str`, defaults to `"dopri5"`): torchdiffeq's adaptive `"dopri5"`, `"dopri8"`, `"bosh3"`,
+            `"adaptive_heun"`, its fixed-grid `"euler"`, `"midpoint"`, `"rk4"`, or SciPy's `"RK45"`, `"RK23"`,
+            `"DOP853"` (solved in float64 NumPy, converted at every evaluation).
+        num_steps (`int`, *optional*): steps of a fixed-grid method (required by those, refused by the others).
+        dtype (`torch.dtype`, *optional*): dtype of the integration (e.g. `torch.float64`); defaults to the
+            samples'. The model still runs in its own dtype.
+        batch_size (`int`, *optional*): solve in independent chunks of this many samples (all at once by default).
+            Random draws do not depend on it; an adaptive solver's steps do, within its tolerances.
+        generator (`torch.Generator` or `list[torch.Generator]`, *optional*): source of the dequantisation noise,
+            then of the probes, drawn up front for the whole batch (a list: one generator per sample).
+        show_progress (`bool`, defaults to `True`): show a tqdm bar over samples with the running NFE.
+
+    Returns:
+        `LikelihoodOutput` with `log_likelihood` (nats), `bits_per_dim`, `nfe`, `latent`, `log_likelihood_stderr`
+        and `prior_log_prob`.
+    """
+    _check_scheduler(scheduler)
+    samples = _checked_samples(samples, "samples", dtype)
+    check_choice("divergence", divergence, DIVERGENCES)
+    check_choice("probe", probe, PROBES)
+    check_positive_int("num_probes", num_probes)
+    settings = _check_solver_settings(
+        method=method, rtol=rtol, atol=atol, num_steps=num_steps, batch_size=batch_size, show_progress=show_progress
+    )
+    if dequantize and data_range is None:
+        raise ValueError("`dequantize=True` needs `data_range`, the range the 8-bit data was scaled to.")
+    if data_range is not None:
+        data_range = _check_data_range(samples, data_range)
+        if dequantize:
+            samples = _dequantize(samples, data_range, generator)
+
+    batch, dims = samples.shape[0], samples.shape[1:]
+    dim = samples[0].numel()
+    probes = (
+        _draw_probes(probe, (batch, num_probes, dim), generator, samples) if divergence == "hutchinson" else None
+    )
+    # State rows: the sample's D coordinates, then one divergence integral per probe (one when exact).
+    num_integrals = num_probes if probes is not None else 1
+    states = torch.cat([samples.reshape(batch, dim), samples.new_zeros(batch, num_integrals)], dim=1)
+    flow = _ProbabilityFlow(model, scheduler)
+
+    def make_rhs(rows: slice) -> Callable[[float, torch.Tensor], torch.Tensor]:
+        chunk_probes = None if probes is None else probes[rows]
+
+        def rhs(t: float, y: torch.Tensor) -> torch.Tensor:
+            x = y[:, :dim].reshape(y.shape[0], *dims)
+            drift, div = _drift_and_divergence(flow, x, t, chunk_probes)
+            return torch.cat([drift.reshape(y.shape[0], dim), div], dim=1)
+
+        return rhs
+
+    finals, nfe = _solve_in_chunks(states, _time_span(scheduler), settings, make_rhs, "log-likelihood")
+    latent = finals[:, :dim].reshape(samples.shape)
+    prior_log_prob = scheduler.sde.prior_logp(latent)
+    per_probe = prior_log_prob[:, None] + finals[:, dim:]
+    log_p = per_probe.mean(dim=1)
+    if probes is None:
+        stderr = torch.zeros_like(log_p)
+    elif num_probes == 1:
+        stderr = torch.full_like(log_p, math.nan)
+    else:
+        stderr = per_probe.std(dim=1) / math.sqrt(num_probes)
+    offset = eight_bit_offset(data_range) if data_range is not None else 0.0
+    bits_per_dim = -log_p / (dim * math.log(2)) + offset
+    return LikelihoodOutput(
+        log_likelihood=log_p,
+        bits_per_dim=bits_per_dim,
+        nfe=nfe,
+        latent=latent,
+        log_likelihood_stderr=stderr,
+        prior_log_prob=prior_log_prob,
+    )
+
+
+class SolverKwargs(TypedDict, total=False):
+    """Solver arguments that `encode`, `decode` and `round_trip` accept, as for `log_likelihood`."""
+
+    rtol: float
+    atol: float
+    method: Method
+    num_steps: int | None
+    dtype: torch.dtype | None
+    batch_size: int | None
+    show_progress: bool
+
+
+def _transport(
+    model: Callable[..., Any],
+    scheduler: ScoreSchedulerMixin,
+    values: torch.Tensor,
+    name: str,
+    forward: bool,
+    dtype: torch.dtype | None = None,
+    **solver_kwargs: Any,
+) -> FlowOutput:
+    """Carry `values` along the probability-flow ODE from ε to 1 (`forward`) or from 1 back to ε."""
+    _check_scheduler(scheduler)
+    values = _checked_samples(values, name, dtype)
+    settings = _check_solver_settings(**solver_kwargs)
+    flow = _ProbabilityFlow(model, scheduler)
+    batch, dims = values.shape[0], values.shape[1:]
+
+    def make_rhs(rows: slice) -> Callable[[float, torch.Tensor], torch.Tensor]:
+        return lambda t, y: flow(y.reshape(y.shape[0], *dims), t).reshape(y.shape)
+
+    t_span = _time_span(scheduler)
+    finals, nfe = _solve_in_chunks(
+        values.reshape(batch, -1), t_span if forward else t_span[::-1], settings, make_rhs,
+        "encode" if forward else "decode",
+    )
+    return FlowOutput(sample=finals.reshape(values.shape), nfe=nfe)
+
+
+def encode(
+    model: Callable[..., Any], scheduler: ScoreSchedulerMixin, samples: torch.Tensor, **kwargs: Unpack[SolverKwargs]
+) -> FlowOutput:
+    """Latents x_1 of `samples`: the probability-flow ODE dx/dt = f − ½g²·s_θ solved from t = ε to 1.
+
+    Args:
+        model, scheduler: as for `log_likelihood`.
+        samples (`torch.Tensor` of shape `(batch, *dims)`): the points x_ε.
+        **kwargs: `rtol`, `atol`, `method`, `num_steps`, `dtype`, `batch_size`, `show_progress`, as for
+            `log_likelihood` (same defaults).
+
+    Returns:
+        `FlowOutput(sample=latents, nfe)`, latents of shape `(batch, *dims)`.
+    """
+    return _transport(model, scheduler, samples, "samples", True, **kwargs)
+
+
+def decode(
+    model: Callable[..., Any], scheduler: ScoreSchedulerMixin, latents: torch.Tensor, **kwargs: Unpack[SolverKwargs]
+) -> FlowOutput:
+    """Samples x_ε of `latents`: the probability-flow ODE solved from t = 1 back to ε, the inverse of `encode` up to
+    the solver's error. Arguments as for `encode`; returns `FlowOutput(sample=samples, nfe)`."""
+    return _transport(model, scheduler, latents, "latents", False, **kwargs)
+
+
+def round_trip(
+    model: Callable[..., Any], scheduler: ScoreSchedulerMixin, samples: torch.Tensor, **kwargs: Unpack[SolverKwargs]
+) -> RoundTripOutput:
+    """`decode(encode(samples))` and its per-sample RMS error against `samples` (shape `(batch,)`).
+
+    Arguments as for `encode`; the solver arguments serve both directions.
+    """
+    encoded = encode(model, scheduler, samples, **kwargs)
+    decoded = decode(model, scheduler, encoded.sample, **kwargs)
+    difference = (decoded.sample - samples.to(decoded.sample)).reshape(samples.shape[0], -1)
+    return RoundTripOutput(
+        latent=encoded.sample,
+        reconstruction=decoded.sample,
+        error=difference.pow(2).mean(dim=1).sqrt(),
+        nfe=encoded.nfe + decoded.nfe,
+    )

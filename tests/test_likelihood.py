@@ -1,0 +1,284 @@
+"""Probability-flow likelihoods and encoding against closed forms (Gaussian and Gaussian-mixture data, exact scores).
+
+What the ODE computes: started at a data point x = x_ε it returns log p_prior(x_1) + ∫_ε^1 ∇·F dt, which equals the
+density of the data perturbed to t = ε, log p_ε(x), when p_1 is exactly the prior. It is not exactly: p_1 is the
+data perturbed to t = 1, whose mean α_1μ and extra variance α_1²s² the prior ignores. The pointwise gap
+log p_prior(x_1) − log p_1(x_1) is of first order in α_1|μ|/σ_1, so the data here is small against σ_max (VE) and
+against 1/α_1 ≈ 150 (VP, sub-VP), and the solver alone is checked by putting the exact p_1 in place of the prior.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from diffusers import DDPMScheduler, UNet2DModel
+
+from score_diffusers import ProbabilityFlowScheduler, log_likelihood
+from score_diffusers.analytic import ExactScoreModel, GaussianMixture
+from score_diffusers.likelihood import decode, eight_bit_offset, encode, round_trip
+
+DIM = 4
+NUM_SAMPLES = 32
+# VE's σ_max, large against the data (|μ| ≈ 1) so the prior N(0, σ_max²) matches p_1 to ~0.003 bits/dim.
+VE_SIGMA_MAX = 200.0
+# The issue's bar: the ODE log-likelihood within 0.01 bits/dim of the closed form.
+BPD_TOLERANCE = 0.01
+# The solver's own error at rtol = atol = 1e-5, once the prior is replaced by the exact p_1.
+SOLVER_BPD_TOLERANCE = 1e-3
+SCHEDULER_KWARGS = {"ve": {"sigma_max": VE_SIGMA_MAX}, "vp": {}, "subvp": {}}
+
+
+def _mixtures() -> dict[str, GaussianMixture]:
+    generator = torch.Generator().manual_seed(0)
+    return {
+        "gaussian": GaussianMixture(torch.full((1, DIM), 0.3, dtype=torch.float64), 0.6),
+        "mixture": GaussianMixture.random(3, DIM, mean_scale=0.5, generator=generator),
+    }
+
+
+MIXTURES = _mixtures()
+
+
+def _setup(sde_type: str, data: str = "mixture", **scheduler_kwargs):
+    mixture = MIXTURES[data]
+    scheduler = ProbabilityFlowScheduler(sde_type=sde_type, **SCHEDULER_KWARGS[sde_type], **scheduler_kwargs)
+    samples, _ = mixture.sample(NUM_SAMPLES, generator=torch.Generator().manual_seed(1))
+    return mixture, scheduler, ExactScoreModel(mixture, scheduler), samples
+
+
+def _marginal(scheduler, t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    t = torch.tensor(t, dtype=torch.float64)
+    return scheduler.sde.mean_coeff(t), scheduler.sde.marginal_std(t)
+
+
+def _to_bpd(nats: torch.Tensor) -> torch.Tensor:
+    return nats / (DIM * math.log(2))
+
+
+def _exact(model, scheduler, samples, **kwargs):
+    return log_likelihood(
+        model, scheduler, samples, divergence="exact", dtype=torch.float64, show_progress=False, **kwargs
+    )
+
+
+# ---- accuracy against the closed form ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", ["gaussian", "mixture"])
+@pytest.mark.parametrize("sde_type", ["ve", "vp", "subvp"])
+def test_exact_divergence_matches_closed_form(sde_type, data):
+    mixture, scheduler, model, samples = _setup(sde_type, data)
+    out = _exact(model, scheduler, samples)
+
+    assert out.log_likelihood.shape == out.bits_per_dim.shape == (NUM_SAMPLES,)
+    assert out.latent.shape == samples.shape and out.nfe > 0
+    true = mixture.log_prob(samples, *_marginal(scheduler, scheduler._sampling_eps))
+    assert _to_bpd(out.log_likelihood - true).abs().max() < BPD_TOLERANCE
+    # The solver alone: swap the prior for the exact density at t = 1.
+    prior_gap = out.prior_log_prob - mixture.log_prob(out.latent, *_marginal(scheduler, 1.0))
+    assert _to_bpd(out.log_likelihood - prior_gap - true).abs().max() < SOLVER_BPD_TOLERANCE
+    assert torch.allclose(out.bits_per_dim, -_to_bpd(out.log_likelihood))
+    assert torch.equal(out.log_likelihood_stderr, torch.zeros(NUM_SAMPLES, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
+@pytest.mark.parametrize("sde_type", ["ve", "vp"])
+def test_hutchinson_within_reported_standard_error(sde_type, probe):
+    _, scheduler, model, samples = _setup(sde_type)
+    exact = _exact(model, scheduler, samples)
+    estimate = log_likelihood(
+        model, scheduler, samples, divergence="hutchinson", probe=probe, num_probes=8, dtype=torch.float64,
+        generator=torch.Generator().manual_seed(2), show_progress=False,
+    )
+    stderr = estimate.log_likelihood_stderr
+    assert bool((stderr > 0).all()) and bool(torch.isfinite(stderr).all())
+    error = estimate.log_likelihood - exact.log_likelihood
+    # Per sample the error is t-distributed with 7 degrees of freedom in units of its SE: P(|t₇| > 4) ≈ 0.5%.
+    assert (error.abs() > 4 * stderr).float().mean() <= 0.1
+    # Over the batch the errors are independent: the mean error within 4 standard errors of the mean.
+    assert error.mean().abs() < 4 * stderr.pow(2).sum().sqrt() / NUM_SAMPLES
+
+
+def test_single_probe_reports_unknown_standard_error():
+    _, scheduler, model, samples = _setup("vp")
+    out = log_likelihood(model, scheduler, samples[:4], num_probes=1, method="rk4", num_steps=4, show_progress=False)
+    assert bool(out.log_likelihood_stderr.isnan().all()) and bool(torch.isfinite(out.log_likelihood).all())
+
+
+def test_scipy_rk45_agrees_with_dopri5():
+    _, scheduler, model, samples = _setup("subvp")
+    reference = _exact(model, scheduler, samples)
+    scipy_out = _exact(model, scheduler, samples, method="RK45")
+    assert _to_bpd(scipy_out.log_likelihood - reference.log_likelihood).abs().max() < SOLVER_BPD_TOLERANCE
+    assert torch.allclose(scipy_out.latent, reference.latent, atol=1e-3)
+
+
+def test_epsilon_prediction_equals_score_path():
+    _, score_scheduler, score_model, samples = _setup("vp", timestep_type="discrete")
+    _, eps_scheduler, eps_model, _ = _setup("vp", timestep_type="discrete", prediction_type="epsilon")
+    score_out = _exact(score_model, score_scheduler, samples)
+    eps_out = _exact(eps_model, eps_scheduler, samples)
+    assert torch.allclose(eps_out.log_likelihood, score_out.log_likelihood, rtol=0, atol=1e-8)
+    assert eps_out.nfe == score_out.nfe
+
+
+# ---- encoding ------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sde_type", ["ve", "vp", "subvp"])
+def test_encode_decode_round_trip(sde_type):
+    _, scheduler, model, samples = _setup(sde_type)
+    out = round_trip(model, scheduler, samples, dtype=torch.float64, show_progress=False)
+    assert out.error.shape == (NUM_SAMPLES,)
+    assert out.error.max() < 1e-3
+    assert out.nfe > 0
+    # The same ODE as the likelihood: encode's latent is log_likelihood's.
+    latent = _exact(model, scheduler, samples).latent
+    assert torch.allclose(out.latent, latent, atol=1e-3 * scheduler.sde.prior_std)
+
+
+def test_encode_and_decode_are_separately_callable():
+    _, scheduler, model, samples = _setup("vp")
+    latents = encode(model, scheduler, samples, dtype=torch.float64, show_progress=False)
+    decoded = decode(model, scheduler, latents.sample, dtype=torch.float64, show_progress=False)
+    assert latents.sample.shape == decoded.sample.shape == samples.shape
+    assert (decoded.sample - samples).abs().max() < 1e-3
+    # Latents of the VP flow look like the N(0, I) prior.
+    assert abs(float(latents.sample.std()) - 1.0) < 0.3
+
+
+# ---- batching and randomness ---------------------------------------------------------------------------------------
+
+
+def test_batch_size_gives_the_same_answer():
+    _, scheduler, model, samples = _setup("vp")
+    kwargs = dict(num_probes=2, dtype=torch.float64, show_progress=False)
+    # Fixed grid: identical results whatever the chunking (probes are drawn up front for the whole batch).
+    samples = samples[:8]
+    whole = log_likelihood(
+        model, scheduler, samples, method="rk4", num_steps=8, generator=torch.Generator().manual_seed(5), **kwargs
+    )
+    single = log_likelihood(
+        model, scheduler, samples, method="rk4", num_steps=8, generator=torch.Generator().manual_seed(5),
+        batch_size=1, **kwargs,
+    )
+    torch.testing.assert_close(single.log_likelihood, whole.log_likelihood, rtol=0, atol=1e-10)
+    assert single.nfe == samples.shape[0] * whole.nfe
+    # Adaptive: each chunk picks its own steps, so answers agree within the solver's tolerance.
+    adaptive_whole = _exact(model, scheduler, samples)
+    adaptive_chunks = _exact(model, scheduler, samples, batch_size=5)
+    assert _to_bpd(adaptive_chunks.log_likelihood - adaptive_whole.log_likelihood).abs().max() < 1e-3
+
+
+def test_per_sample_generators_make_each_sample_reproducible():
+    _, scheduler, model, samples = _setup("ve")
+    kwargs = dict(num_probes=2, method="rk4", num_steps=6, dtype=torch.float64, show_progress=False)
+    generators = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+    batch = log_likelihood(model, scheduler, samples[:3], generator=generators, **kwargs)
+    alone = log_likelihood(model, scheduler, samples[1:2], generator=[torch.Generator().manual_seed(11)], **kwargs)
+    torch.testing.assert_close(alone.log_likelihood, batch.log_likelihood[1:2], rtol=0, atol=1e-10)
+    reseeded = log_likelihood(model, scheduler, samples[:3], generator=torch.Generator().manual_seed(0), **kwargs)
+    assert not torch.allclose(reseeded.log_likelihood, batch.log_likelihood)
+
+
+# ---- image data ----------------------------------------------------------------------------------------------------
+
+
+def test_eight_bit_offsets_are_score_sdes():
+    assert eight_bit_offset((-1.0, 1.0)) == pytest.approx(7.0)
+    assert eight_bit_offset((0.0, 1.0)) == pytest.approx(8.0)
+
+
+def test_data_range_reports_bits_per_dim_on_the_eight_bit_scale():
+    _, scheduler, model, samples = _setup("vp")
+    samples = samples.clamp(-1, 1)
+    raw = _exact(model, scheduler, samples)
+    scaled = _exact(model, scheduler, samples, data_range=(-1.0, 1.0))
+    torch.testing.assert_close(scaled.log_likelihood, raw.log_likelihood)
+    torch.testing.assert_close(scaled.bits_per_dim, raw.bits_per_dim + 7.0)
+
+
+def test_dequantization_stays_in_each_pixels_bin():
+    _, scheduler, model, _ = _setup("vp")
+    levels = torch.randint(0, 256, (6, DIM), generator=torch.Generator().manual_seed(3))
+    samples = (levels / 255 * 2 - 1).to(torch.float64)
+    kwargs = dict(data_range=(-1.0, 1.0), dequantize=True)
+    first = _exact(model, scheduler, samples, generator=torch.Generator().manual_seed(4), **kwargs)
+    again = _exact(model, scheduler, samples, generator=torch.Generator().manual_seed(4), **kwargs)
+    other = _exact(model, scheduler, samples, generator=torch.Generator().manual_seed(5), **kwargs)
+    torch.testing.assert_close(again.log_likelihood, first.log_likelihood, rtol=0, atol=0)
+    assert not torch.allclose(other.log_likelihood, first.log_likelihood)
+    # Decoding the latent gives back the dequantised point, which lies in level k's bin [k, k + 1)/256.
+    dequantized = decode(model, scheduler, first.latent, dtype=torch.float64, show_progress=False).sample
+    eight_bit = (dequantized + 1) / 2 * 256
+    assert bool(((eight_bit - levels) > -1e-3).all()) and bool(((eight_bit - levels) < 1 + 1e-3).all())
+
+
+def test_float32_unet_with_float64_integration():
+    """A Diffusers UNet2DModel in float32 inside a float64 solve; fractional DDPM timesteps arrive as float tensors."""
+    unet = UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+        norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
+    seen = []
+    unet.register_forward_pre_hook(lambda module, args: seen.append(args[1].clone()))
+    scheduler = ProbabilityFlowScheduler.from_config(DDPMScheduler(num_train_timesteps=100).config)
+    images = torch.rand(2, 1, 8, 8, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    out = log_likelihood(
+        unet, scheduler, images, data_range=(-1.0, 1.0), method="rk4", num_steps=2, dtype=torch.float64,
+        generator=torch.Generator().manual_seed(0), show_progress=False,
+    )
+    assert out.log_likelihood.dtype == torch.float64 and bool(torch.isfinite(out.bits_per_dim).all())
+    assert all(t.dtype == torch.float32 and t.shape == (2,) for t in seen)
+    assert any(float(t[0]) != round(float(t[0])) for t in seen)
+    # No autograd graph outlives an evaluation.
+    assert not out.log_likelihood.requires_grad and not out.latent.requires_grad
+    assert all(p.grad is None for p in unet.parameters())
+
+
+# ---- input validation ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"divergence": "trace"}, "`divergence` must be one of 'exact', 'hutchinson'"),
+        ({"probe": "sphere"}, "`probe` must be one of 'rademacher', 'gaussian'"),
+        ({"method": "rk45"}, "`method` must be one of"),
+        ({"rtol": 0.0}, "`rtol` must be a finite number > 0"),
+        ({"atol": -1e-5}, "`atol` must be a finite number > 0"),
+        ({"num_probes": 0}, "`num_probes` must be an integer >= 1"),
+        ({"batch_size": 0}, "`batch_size` must be an integer >= 1"),
+        ({"method": "rk4"}, "needs `num_steps`"),
+        ({"num_steps": 10}, "`num_steps` is only used by the fixed-grid methods"),
+        ({"data_range": (-0.5, 0.5)}, r"`samples` must lie in `data_range` \[-0.5, 0.5\]"),
+        ({"data_range": (1.0, -1.0)}, "`data_range` must have low < high"),
+        ({"dequantize": True}, "`dequantize=True` needs `data_range`"),
+        ({"dtype": torch.int64}, "`dtype` must be a floating dtype"),
+        ({"generator": [torch.Generator()]}, "one per sample"),
+    ],
+)
+def test_bad_arguments_raise(kwargs, match):
+    _, scheduler, model, samples = _setup("vp")
+    with pytest.raises(ValueError, match=match):
+        log_likelihood(model, scheduler, samples.clamp(-1, 1), show_progress=False, **kwargs)
+
+
+def test_bad_samples_and_schedulers_raise():
+    _, scheduler, model, samples = _setup("vp")
+    with pytest.raises(ValueError, match=r"batch-first with shape \(batch, \*dims\)"):
+        log_likelihood(model, scheduler, samples[0], show_progress=False)
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        log_likelihood(model, scheduler, samples * math.nan, show_progress=False)
+    with pytest.raises(ValueError, match=r"ProbabilityFlowScheduler.from_config"):
+        log_likelihood(model, DDPMScheduler(), samples, show_progress=False)
+    with pytest.raises(ValueError, match="`model` must return a tensor of the samples' shape"):
+        log_likelihood(lambda x, t: x[:, :1], scheduler, samples, show_progress=False)
+    with pytest.raises(ValueError, match="differentiable with respect to its input"):
+        log_likelihood(lambda x, t: model(x.detach(), t), scheduler, samples, show_progress=False)
+    with pytest.raises(ValueError, match="`rtol` must be a finite number > 0"):
+        encode(model, scheduler, samples, rtol=-1.0, show_progress=False)
+    with pytest.raises(ValueError, match=r"`latents` must be batch-first"):
+        decode(model, scheduler, torch.zeros(3), show_progress=False)
