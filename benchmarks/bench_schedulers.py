@@ -33,8 +33,9 @@ except ImportError:  # run as a module from the repository root
 RESULTS = Path(__file__).resolve().parent / "results"
 DIM, COMPONENTS = 64, 8
 SIGMA_MIN, SIGMA_MAX = 0.01, 50.0
-# Annealed Langevin's step size ε, chosen by `--langevin_sweep` (199 levels × 5 steps): NCSNv2's CIFAR-10 value
-# 6.2e-6 and NCSN's 2e-5 leave the components too wide here; 2e-4 is past the stable range at the top levels.
+# Annealed Langevin's step size ε (NCSN's convention), chosen by `--langevin_sweep` (199 levels × 5 steps): small
+# values (NCSNv2's CIFAR-10 ε' = 6.2e-6 is ε = 1.24e-5 here; NCSN's 2e-5) leave the components too wide on this
+# data; 2e-4 is past the stable range at the top levels.
 ANNEALED_LANGEVIN_STEP_SIZE = 1e-4
 LANGEVIN_SWEEP_STEP_SIZES = (6.2e-6, 2e-5, 5e-5, 1e-4, 2e-4)
 ANNEALED_LANGEVIN_STEPS_PER_LEVEL = 5

@@ -7,6 +7,9 @@ from .schedulers import (
     ScoreSchedulerOutput,
 )
 from .sde import SDE, SubVPSDE, VESDE, VPSDE
+from .likelihood import LikelihoodOutput, decode, encode, log_likelihood
+from .models import EpsilonToScore, NoiseConditionalClassifier
+from .pipelines import ScoreGuidedPipeline
 
 __version__ = "0.1.0"
 
@@ -19,4 +22,11 @@ __all__ = [
     "PredictorCorrectorScheduler",
     "ProbabilityFlowScheduler",
     "ScoreSchedulerOutput",
+    "log_likelihood",
+    "LikelihoodOutput",
+    "encode",
+    "decode",
+    "ScoreGuidedPipeline",
+    "EpsilonToScore",
+    "NoiseConditionalClassifier",
 ]

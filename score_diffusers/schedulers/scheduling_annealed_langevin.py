@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+# Diffusers' pipeline loader finds how to load a component from another package by looking its base class names
+# up in the component's own module, so the scheduler modules must expose `SchedulerMixin`.
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
 from ..sde import VESDE
 from .scheduling_utils import (
@@ -28,7 +31,11 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
     and, with `final_denoising` (NCSNv2), one last model call at σ_min for the Tweedie step x ← x + σ_min²·s_θ(x, σ_min).
     `timesteps` repeat each level's model timestep T times, so `len(timesteps) = n·T (+ 1)`. The noise levels are
     the VE SDE's σ(t) on t = linspace(1, 0, n); with n = `num_train_timesteps` they are NCSN's training levels. In
-    PC terms this is a corrector-only sampler with snr = √(ε/(2σ_min²)).
+    PC terms this is a corrector-only sampler with η = α_i/2, i.e. snr = √(ε/(4σ_min²)).
+
+    The update is NCSN's (Algorithm 1 of Song & Ermon, 2019). NCSNv2's code writes the same step as
+    x ← x + ε'(σ_i/σ_min)²·s_θ + √(2ε'(σ_i/σ_min)²)·z, so its ε' is half of ε here: NCSNv2's CIFAR-10 value
+    ε' = 6.2e-6 is the default ε = 1.24e-5.
 
     Args:
         num_train_timesteps (`int`, defaults to 232): L, the number of training noise levels (the `"discrete"`
@@ -36,7 +43,8 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
         sigma_min (`float`, defaults to 0.01): the smallest noise level σ_L.
         sigma_max (`float`, defaults to 50.0): the largest noise level σ_1.
         steps_per_level (`int`, defaults to 5): T, Langevin steps at each level.
-        step_size (`float`, defaults to 6.2e-6): ε; the defaults are NCSNv2's for CIFAR-10.
+        step_size (`float`, defaults to 1.24e-5): ε in the update above; with the other defaults, NCSNv2's
+            CIFAR-10 settings (its ε' = 6.2e-6).
         final_denoising (`bool`, defaults to `True`): end with the Tweedie denoising step.
         prediction_type (`str`, defaults to `"score"`): `"score"` or `"epsilon"` (score = −ε/σ).
         timestep_type (`str`, defaults to `"sigma"`): `"sigma"`, `"discrete"` or `"continuous"`.
@@ -51,7 +59,7 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
         sigma_min: float = 0.01,
         sigma_max: float = 50.0,
         steps_per_level: int = 5,
-        step_size: float = 6.2e-6,
+        step_size: float = 1.24e-5,
         final_denoising: bool = True,
         prediction_type: PredictionType = "score",
         timestep_type: TimestepType = "sigma",

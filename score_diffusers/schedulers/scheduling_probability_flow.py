@@ -7,19 +7,18 @@ from typing import Literal
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
+# Diffusers' pipeline loader finds how to load a component from another package by looking its base class names
+# up in the component's own module, so the scheduler modules must expose `SchedulerMixin`.
+from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
 from .scheduling_utils import (
-    BETA_SCHEDULES,
-    PREDICTION_TYPES,
     SDE_TYPES,
-    TIMESTEP_TYPES,
     BetaSchedule,
     PredictionType,
     ScoreSchedulerMixin,
     ScoreSchedulerOutput,
     SDEType,
     TimestepType,
-    build_sde,
     check_positive_int,
 )
 
@@ -73,24 +72,7 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         prediction_type: PredictionType = "score",
         timestep_type: TimestepType = "continuous",
     ):
-        self._check_config(
-            {
-                "sde_type": SDE_TYPES,
-                "solver": SOLVERS,
-                "time_spacing": TIME_SPACINGS,
-                "beta_schedule": BETA_SCHEDULES,
-                "prediction_type": PREDICTION_TYPES,
-                "timestep_type": TIMESTEP_TYPES,
-            }
-        )
-        check_positive_int("num_train_timesteps", num_train_timesteps)
-        self._set_sde(
-            build_sde(
-                sde_type, sigma_min, sigma_max, beta_min, beta_max, beta_schedule, beta_start, beta_end,
-                num_train_timesteps, trained_betas,
-            )
-        )
-        self._sampling_eps = self._checked_sampling_eps(sampling_eps)
+        self._configure_sde({"solver": SOLVERS, "time_spacing": TIME_SPACINGS})
 
     def _time_grid(self, num_points: int) -> torch.Tensor:
         eps = self._sampling_eps

@@ -269,6 +269,28 @@ class ScoreSchedulerMixin(SchedulerMixin):
         mean = torch.add(sample, score, alpha=step_size)
         return torch.add(mean, noise, alpha=(2 * step_size) ** 0.5), mean
 
+    def _configure_sde(self, own_choices: dict[str, tuple[str, ...]]) -> None:
+        """Validate the config (the SDE keys plus a subclass's `own_choices`) and build the SDE it describes."""
+        config = self.config
+        self._check_config(
+            {
+                "sde_type": SDE_TYPES,
+                "beta_schedule": BETA_SCHEDULES,
+                "prediction_type": PREDICTION_TYPES,
+                "timestep_type": TIMESTEP_TYPES,
+                **own_choices,
+            }
+        )
+        check_positive_int("num_train_timesteps", config.num_train_timesteps)
+        self._set_sde(
+            build_sde(
+                config.sde_type, config.sigma_min, config.sigma_max, config.beta_min, config.beta_max,
+                config.beta_schedule, config.beta_start, config.beta_end, config.num_train_timesteps,
+                config.trained_betas,
+            )
+        )
+        self._sampling_eps = self._checked_sampling_eps(config.sampling_eps)
+
     def _checked_sampling_eps(self, sampling_eps: float | None) -> float:
         """The last time point ε: the configured one, else score_sde's default for the SDE; σ_ε must be > 0."""
         eps = DEFAULT_SAMPLING_EPS[self.config.sde_type] if sampling_eps is None else float(sampling_eps)

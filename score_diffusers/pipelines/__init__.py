@@ -1,0 +1,5 @@
+"""Pipelines: score-based sampling with optional classifier guidance."""
+
+from .pipeline_score_guided import ScoreGuidedPipeline
+
+__all__ = ["ScoreGuidedPipeline"]

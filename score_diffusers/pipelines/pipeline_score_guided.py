@@ -1,0 +1,362 @@
+"""Score-based sampling with classifier guidance, for score models and DDPM checkpoints alike.
+
+Classifier guidance samples p(x | y) ∝ p(x)·q(y | x)^w by adding w·∇ₓ log q_φ(y | x_t, t) to the score at every model
+evaluation (Song et al., 2021, https://arxiv.org/abs/2011.13456, §5; Dhariwal & Nichol, 2021,
+https://arxiv.org/abs/2105.05233).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Literal
+
+import numpy as np
+import PIL.Image
+import torch
+from diffusers import DDIMScheduler, DDPMScheduler, ScoreSdeVeScheduler
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
+from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
+from transformers import PreTrainedModel
+
+from ..schedulers import PredictorCorrectorScheduler, ProbabilityFlowScheduler
+from ..schedulers.scheduling_utils import ScoreSchedulerMixin, check_choice, check_positive_int
+from ..sde import append_dims
+
+logger = logging.getLogger(__name__)
+
+OutputType = Literal["pil", "np", "pt"]
+OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt")
+# Default samplers for checkpoints that arrive with a Diffusers scheduler: VP's probability-flow ODE samples well
+# in few evaluations; VE's samples noticeably worse than its SDE, so VE gets predictor-corrector.
+_DEFAULT_SCORE_SCHEDULERS: dict[type, type] = {
+    DDPMScheduler: ProbabilityFlowScheduler,
+    DDIMScheduler: ProbabilityFlowScheduler,
+    ScoreSdeVeScheduler: PredictorCorrectorScheduler,
+}
+
+
+def as_score_scheduler(scheduler: SchedulerMixin) -> ScoreSchedulerMixin:
+    """`scheduler` itself if it is a score scheduler of this package; a `DDPMScheduler` / `DDIMScheduler` becomes a
+    `ProbabilityFlowScheduler` and a `ScoreSdeVeScheduler` a `PredictorCorrectorScheduler`, configured from it (same
+    ᾱ table or σ range, prediction type and timestep convention). Anything else raises a `ValueError`."""
+    if isinstance(scheduler, ScoreSchedulerMixin):
+        return scheduler
+    for source, target in _DEFAULT_SCORE_SCHEDULERS.items():
+        if type(scheduler) is source:
+            swapped = target.from_config({**scheduler.config, "_class_name": source.__name__})
+            logger.warning(
+                f"ScoreGuidedPipeline: swapped the checkpoint's {source.__name__} for {target.__name__}.from_config(...) "
+                f"(sde_type={swapped.config.sde_type!r}, prediction_type={swapped.config.prediction_type!r}, "
+                f"timestep_type={swapped.config.timestep_type!r}); pass `scheduler=` to choose another score scheduler."
+            )
+            return swapped
+    raise ValueError(
+        "`scheduler` must be a score scheduler of score_diffusers (AnnealedLangevinScheduler, "
+        "PredictorCorrectorScheduler, ProbabilityFlowScheduler) or one of "
+        f"{', '.join(klass.__name__ for klass in _DEFAULT_SCORE_SCHEDULERS)} to convert; got {type(scheduler).__name__}."
+    )
+
+
+def _field(output: Any, name: str) -> torch.Tensor:
+    """`output.<name>` for model outputs such as `UNet2DOutput` / `ImageClassifierOutput`, else `output` itself."""
+    return getattr(output, name) if hasattr(output, name) else output
+
+
+def _check_label_range(labels: torch.Tensor, num_classes: int, source: str) -> None:
+    if bool((labels < 0).any()) or bool((labels >= num_classes).any()):
+        raise ValueError(
+            f"`class_labels` must lie in [0, {num_classes - 1}] ({num_classes} classes of the {source}); "
+            f"got {labels.tolist()}."
+        )
+
+
+class ScoreGuidedPipeline(DiffusionPipeline):
+    r"""Unconditional, class-conditional and classifier-guided sampling with the score schedulers of this package.
+
+    The loop is Diffusers' plain one: one model evaluation per entry of `scheduler.timesteps`. With a classifier
+    and `guidance_scale` w > 0, each evaluation's score s = ∇ₓ log p_t(x) is replaced by
+
+        s + w·∇ₓ log q_φ(y | x_t, t),
+
+    the gradient taken by autograd through the classifier only (the unet runs under `no_grad`), and converted back
+    to the scheduler's `prediction_type` (ε = −σ_t·score for DDPM checkpoints). That is one classifier forward and
+    backward per model evaluation.
+
+    The classifier is called `classifier(x_t, timestep)` with exactly the timestep tensor (shape `(batch,)`) that
+    the unet receives, and returns logits (a tensor or an output with `.logits`), e.g. a
+    [`NoiseConditionalClassifier`]. A `transformers` image-classification model (`PreTrainedModel`) never saw noise:
+    it is called `classifier(pixel_values=x̂₀)` on Tweedie's denoised estimate x̂₀ = (x_t + σ_t²·s)/α_t in the unet's
+    data space ([−1, 1], which is what processors normalising with mean = std = 0.5 produce), and the gradient
+    flows through the classifier and the x̂₀ formula only, holding s constant (∇ₓ = (1/α_t)·∇_x̂₀); differentiating
+    through the unet as well would cost a unet backward per evaluation. A class-conditional unet
+    (`num_class_embeds` in its config) receives `class_labels` directly.
+
+    Data are assumed to live in [−1, 1]; images are returned as (x/2 + 1/2) clamped to [0, 1], like `DDPMPipeline`.
+
+    `from_pretrained` loads this pipeline's own saves and stock `DDPMPipeline` folders: their `DDPMScheduler` is
+    swapped for `ProbabilityFlowScheduler.from_config(...)` (said in the log) unless `scheduler=` passes a score
+    scheduler; `classifier=` adds a classifier. `save_pretrained` stores every component; a classifier persists
+    when it is a `ModelMixin` (with `ConfigMixin`) or a `transformers` model.
+
+    Args:
+        unet (`torch.nn.Module`):
+            Score or ε model called `unet(sample, timestep[, class_labels=...])`, returning a tensor or an output
+            with `.sample`; its `config` gives `sample_size` and `in_channels` (e.g. `UNet2DModel`). Like every
+            module component here it must expose `.device`.
+        scheduler (`SchedulerMixin`):
+            A score scheduler of this package, or a `DDPMScheduler` / `DDIMScheduler` / `ScoreSdeVeScheduler` to be
+            converted (see `as_score_scheduler`).
+        classifier (`torch.nn.Module`, *optional*):
+            Noise-conditional classifier or `transformers` image classifier used for guidance.
+    """
+
+    model_cpu_offload_seq = "unet"
+    _optional_components = ["classifier"]
+    _callback_tensor_inputs = ["sample", "pred_original_sample"]
+
+    def __init__(
+        self,
+        unet: torch.nn.Module,
+        scheduler: SchedulerMixin,
+        classifier: torch.nn.Module | None = None,
+    ):
+        super().__init__()
+        for name, component in (("unet", unet), ("classifier", classifier)):
+            if component is not None and not hasattr(component, "device"):
+                raise ValueError(
+                    f"`{name}` must expose `.device` as Diffusers' pipeline machinery expects (a `ModelMixin`, a "
+                    f"`transformers` model, or a module with a `device` property); got {type(component).__name__}."
+                )
+        self.register_modules(unet=unet, scheduler=as_score_scheduler(scheduler), classifier=classifier)
+
+    # ---- input checks --------------------------------------------------------------------------------------------
+
+    def _known_class_counts(self) -> dict[str, int]:
+        """Number of classes per component that declares one in its config."""
+        counts = {}
+        unet_classes = self.unet.config.get("num_class_embeds")
+        if unet_classes is not None:
+            counts["class-conditional unet"] = unet_classes
+        classifier_config = getattr(self.classifier, "config", None)
+        for key in ("num_classes", "num_labels"):
+            if getattr(classifier_config, key, None) is not None:
+                counts["classifier"] = getattr(classifier_config, key)
+                break
+        return counts
+
+    def _prepare_class_labels(
+        self,
+        class_labels: int | list[int] | torch.Tensor | None,
+        guidance_scale: float,
+        batch_size: int,
+        device: torch.device,
+    ) -> torch.Tensor | None:
+        """Validate the conditioning arguments and return the labels as an int64 tensor of shape `(batch,)`."""
+        if guidance_scale < 0:
+            raise ValueError(f"`guidance_scale` must be >= 0; got {guidance_scale}.")
+        class_conditional_unet = self.unet.config.get("num_class_embeds") is not None
+        if guidance_scale > 0 and self.classifier is None:
+            raise ValueError(
+                f"`guidance_scale`={guidance_scale} needs a classifier; load one with `classifier=` or set "
+                "`guidance_scale=0`."
+            )
+        if class_labels is None:
+            if guidance_scale > 0:
+                raise ValueError(f"`guidance_scale`={guidance_scale} > 0 needs `class_labels` to guide towards.")
+            if class_conditional_unet:
+                raise ValueError("The unet is class-conditional (`num_class_embeds`); pass `class_labels`.")
+            return None
+        if self.classifier is None and not class_conditional_unet:
+            raise ValueError(
+                "`class_labels` needs a classifier (with `guidance_scale` > 0) or a class-conditional unet "
+                "(`num_class_embeds`); this pipeline has neither."
+            )
+        if guidance_scale == 0 and not class_conditional_unet:
+            logger.warning("`class_labels` are ignored: `guidance_scale` is 0 and the unet is not class-conditional.")
+
+        labels = torch.as_tensor(class_labels)
+        if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+            raise ValueError(f"`class_labels` must be integers (int, list of int or integer tensor); got {labels.dtype}.")
+        labels = labels.to(device=device, dtype=torch.long).flatten()
+        if labels.numel() == 1:
+            labels = labels.expand(batch_size)
+        if labels.numel() != batch_size:
+            raise ValueError(
+                f"`class_labels` must be one label or `batch_size`={batch_size} labels; got {labels.numel()}."
+            )
+        for source, num_classes in self._known_class_counts().items():
+            _check_label_range(labels, num_classes, source)
+        return labels
+
+    # ---- guidance ------------------------------------------------------------------------------------------------
+
+    def _classifier_log_prob_grad(
+        self, sample: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor, score: torch.Tensor
+    ) -> torch.Tensor:
+        """∇ₓ log q_φ(y | x_t, t) per sample, shape of `sample` (`score` is used for the denoised estimate only)."""
+        with torch.enable_grad():
+            x = sample.detach().requires_grad_(True)
+            if isinstance(self.classifier, PreTrainedModel):
+                # Tweedie estimate with the score held constant: ∇ₓ x̂₀ = 1/α_t.
+                t = self.scheduler.time_for_timestep(timestep.detach().cpu())
+                alpha = append_dims(self.scheduler.sde.mean_coeff(t).to(x), x.ndim)
+                sigma = append_dims(self.scheduler.sde.marginal_std(t).to(x), x.ndim)
+                denoised = (x + sigma**2 * score.detach()) / alpha
+                logits = self.classifier(pixel_values=denoised.to(self.classifier.dtype)).logits
+            else:
+                logits = _field(self.classifier(x, timestep), "logits")
+            _check_label_range(labels, logits.shape[-1], "classifier's logits")
+            log_probs = torch.log_softmax(logits.float(), dim=-1)
+            # Samples are independent, so the gradient of the sum is each sample's own gradient.
+            selected = log_probs.gather(-1, labels[:, None]).sum()
+            (gradient,) = torch.autograd.grad(selected, x)
+        return gradient.to(sample.dtype)
+
+    def _model_output(
+        self, sample: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float
+    ) -> torch.Tensor:
+        """The unet's output at (`sample`, `timestep`), with the guidance term added at the score level."""
+        model_timestep = timestep.expand(sample.shape[0])
+        unet_kwargs = {"class_labels": labels} if self.unet.config.get("num_class_embeds") is not None else {}
+        with torch.no_grad():
+            model_output = _field(self.unet(sample, model_timestep, **unet_kwargs), "sample")
+        if guidance_scale == 0:
+            return model_output
+        score = self.scheduler.score_from_model_output(model_output, timestep)
+        gradient = self._classifier_log_prob_grad(sample, model_timestep, labels, score)
+        return self.scheduler.model_output_from_score(score + guidance_scale * gradient, timestep)
+
+    # ---- sampling ------------------------------------------------------------------------------------------------
+
+    def __call__(
+        self,
+        batch_size: int = 1,
+        num_inference_steps: int = 50,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float = 0.0,
+        output_type: OutputType = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Callable[[DiffusionPipeline, int, torch.Tensor, dict], dict]
+        | PipelineCallback
+        | MultiPipelineCallbacks
+        | None = None,
+        callback_on_step_end_tensor_inputs: list[str] | None = None,
+    ) -> ImagePipelineOutput | tuple:
+        r"""Generate images.
+
+        Args:
+            batch_size (`int`, defaults to 1): number of images.
+            num_inference_steps (`int`, defaults to 50): the scheduler's `num_inference_steps` (time points or noise
+                levels); the model runs `len(scheduler.timesteps)` times, e.g. 2n − 1 for Heun, n·(1 + correct_steps)
+                for predictor-corrector.
+            generator (`torch.Generator` or list of `batch_size` of them, *optional*): source of the initial noise and
+                of every sampler noise draw; a list makes each image reproducible on its own.
+            class_labels (`int`, `list[int]` or `torch.Tensor` of shape `(batch_size,)`, *optional*): requested
+                classes (one for all images, or one per image), for guidance and/or a class-conditional unet.
+            guidance_scale (`float`, defaults to 0.0): w ≥ 0, the weight of ∇ₓ log q_φ(y | x_t, t).
+            output_type (`str`, defaults to `"pil"`): `"pil"` (list of `PIL.Image`), `"np"` (array of shape
+                `(batch, height, width, channels)`) or `"pt"` (tensor of shape `(batch, channels, height, width)`),
+                values in [0, 1].
+            return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` rather than a tuple.
+            callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
+                after every scheduler step as `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`,
+                `callback_kwargs` holding the tensors named in `callback_on_step_end_tensor_inputs`; it returns a dict
+                whose `"sample"`, if present, replaces the current sample.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): among `"sample"` (default) and
+                `"pred_original_sample"`.
+
+        Returns:
+            [`~pipelines.ImagePipelineOutput`] with `images`, or the tuple `(images,)`.
+        """
+        check_positive_int("batch_size", batch_size)
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        if isinstance(generator, list) and len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` must be one generator or a list of `batch_size`={batch_size}; got a list of "
+                f"{len(generator)}."
+            )
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["sample"]
+        for name in callback_on_step_end_tensor_inputs:
+            check_choice("callback_on_step_end_tensor_inputs", name, tuple(self._callback_tensor_inputs))
+        device = self._execution_device
+        labels = self._prepare_class_labels(class_labels, guidance_scale, batch_size, device)
+
+        config = self.unet.config
+        size = config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, config.in_channels, *size)
+        dtype = next(self.unet.parameters(), torch.empty(0)).dtype
+        sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_input = self.scheduler.scale_model_input(sample, timestep)
+            model_output = self._model_output(model_input, timestep, labels, guidance_scale)
+            step = self.scheduler.step(model_output, timestep, sample, generator=generator)
+            sample = step.prev_sample
+            if callback_on_step_end is not None:
+                tensors = {"sample": sample, "pred_original_sample": step.pred_original_sample}
+                callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                callback_outputs = callback_on_step_end(self, step_index, timestep, callback_kwargs)
+                sample = callback_outputs.pop("sample", sample)
+
+        image = (sample / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        if output_type == "pil":
+            image = self.numpy_to_pil(image)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    # ---- likelihood ----------------------------------------------------------------------------------------------
+
+    def _images_to_samples(self, images: PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] (PIL, `(batch, height, width, channels)` array, `(batch, channels, height, width)` tensor)
+        → float32 samples in the unet's [−1, 1] space, shape `(batch, channels, height, width)`."""
+        if isinstance(images, PIL.Image.Image):
+            images = [images]
+        if isinstance(images, list):
+            arrays = [np.asarray(image, dtype=np.float32) / 255.0 for image in images]
+            images = np.stack([array[..., None] if array.ndim == 2 else array for array in arrays])
+        if isinstance(images, np.ndarray):
+            images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+        if not isinstance(images, torch.Tensor) or images.ndim != 4:
+            raise ValueError(
+                "`images` must be a PIL image, a list of them, an array of shape (batch, height, width, channels) or "
+                "a tensor of shape (batch, channels, height, width)."
+            )
+        if images.shape[1] != self.unet.config.in_channels:
+            raise ValueError(
+                f"`images` must have {self.unet.config.in_channels} channels like the unet; got {images.shape[1]}."
+            )
+        images = images.float()
+        if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
+            raise ValueError(
+                f"`images` must hold values in [0, 1]; got the range [{float(images.min())}, {float(images.max())}]."
+            )
+        return (images * 2 - 1).to(self._execution_device)
+
+    def log_likelihood(self, images: PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor, **kwargs):
+        """Exact log-likelihood of images under the probability-flow ODE of this pipeline's model and scheduler.
+
+        Args:
+            images (`PIL.Image.Image`, list of them, `np.ndarray` of shape `(batch, height, width, channels)` or
+                `torch.Tensor` of shape `(batch, channels, height, width)`): images with values in [0, 1] (as this
+                pipeline returns them); they are mapped to the unet's [−1, 1] space.
+            **kwargs: passed to `score_diffusers.likelihood.log_likelihood` (probes, solver tolerances, ...).
+
+        Returns:
+            The result of `score_diffusers.likelihood.log_likelihood`, with `bits_per_dim` per image.
+        """
+        from ..likelihood import log_likelihood
+
+        samples = self._images_to_samples(images)
+        return log_likelihood(self.unet, self.scheduler, samples, data_range=(-1.0, 1.0), **kwargs)

@@ -1,0 +1,430 @@
+"""End-to-end tests of the training scripts: tiny models, a few steps, through `accelerate launch` in subprocesses.
+
+Each script trains at 8×8 on the bundled digits; outputs load with `ScoreGuidedPipeline.from_pretrained` and the unet
+with Diffusers' own `UNet2DModel.from_pretrained`. Resumption is checked bit-for-bit against an uninterrupted run,
+a 2-process CPU run goes through `accelerate launch --multi_gpu` with `ACCELERATE_USE_CPU=1` (torchrun + gloo),
+and `--push_to_hub` runs in-process with the Hub client's functions replaced by recorders (no network).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
+from huggingface_hub import ModelCard
+from safetensors.torch import load_file
+
+from score_diffusers import (
+    AnnealedLangevinScheduler,
+    NoiseConditionalClassifier,
+    ProbabilityFlowScheduler,
+    ScoreGuidedPipeline,
+)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TRAINING = REPO_ROOT / "training"
+LAUNCH = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+    "--num_cpu_threads_per_process",
+    "1",
+]
+TINY = [
+    "--resolution",
+    "8",
+    "--block_out_channels",
+    "16",
+    "32",
+    "--no-attention",
+    "--train_batch_size",
+    "16",
+    "--num_grid_images",
+    "4",
+    "--learning_rate",
+    "1e-3",
+    "--lr_warmup_steps",
+    "0",
+]
+UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
+SUBPROCESS_TIMEOUT_S = 300
+
+
+def launch(script: str, args: list[str], num_processes: int = 1) -> subprocess.CompletedProcess:
+    """Run `accelerate launch training/<script> <args>` offline; return the finished process (output captured)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
+    if num_processes > 1:
+        # Accelerate's CPU multi-process path: torchrun processes joined by gloo.
+        env["ACCELERATE_USE_CPU"] = "1"
+        launcher = [*LAUNCH, "--multi_gpu", "--num_processes", str(num_processes)]
+    else:
+        launcher = [*LAUNCH, "--num_processes", "1"]
+    return subprocess.run(
+        [*launcher, str(TRAINING / script), *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        check=False,
+        text=True,
+        timeout=SUBPROCESS_TIMEOUT_S,
+    )
+
+
+def check_ok(process: subprocess.CompletedProcess) -> str:
+    output = process.stdout + process.stderr
+    assert process.returncode == 0, output[-6000:]
+    return output
+
+
+def load_script(name: str):
+    """Import training/<name>.py as a module (for in-process runs)."""
+    spec = importlib.util.spec_from_file_location(f"_script_{name}", TRAINING / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---- NCSN: a run with checkpoints, its outputs, and an exact resume -------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ncsn_run(tmp_path_factory) -> tuple[Path, str]:
+    output_dir = tmp_path_factory.mktemp("ncsn") / "out"
+    process = launch(
+        "train_ncsn.py",
+        [
+            "--output_dir",
+            str(output_dir),
+            *TINY,
+            "--max_train_steps",
+            "4",
+            "--checkpointing_steps",
+            "2",
+            "--num_noise_levels",
+            "6",
+            "--steps_per_level",
+            "1",
+        ],
+    )
+    return output_dir, check_ok(process)
+
+
+def test_ncsn_output_loads_with_diffusers(ncsn_run):
+    output_dir, log = ncsn_run
+    unet = UNet2DModel.from_pretrained(output_dir, subfolder="unet")
+    assert (
+        unet.config.time_embedding_type == "fourier" and unet.config.sample_size == 8 and unet.config.in_channels == 1
+    )
+
+    pipe = ScoreGuidedPipeline.from_pretrained(output_dir)
+    scheduler = pipe.scheduler
+    assert isinstance(scheduler, AnnealedLangevinScheduler)
+    assert scheduler.config.timestep_type == "sigma" and scheduler.config.num_train_timesteps == 6
+    # σ_max defaults to the largest pairwise distance of the 8×8 digits in [−1, 1] (a few units, far above σ_min).
+    assert 1.0 < scheduler.config.sigma_max < 16.0 and scheduler.config.sigma_min == 0.01
+    images = pipe(
+        batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
+    assert images.shape == (2, 8, 8, 1)
+
+    # The unet's output is the score: the Fourier embedding divides by the σ it is fed.
+    x = torch.randn(2, 1, 8, 8)
+    with torch.no_grad():
+        small, large = (unet(x, torch.full((2,), sigma)).sample.abs().mean() for sigma in (0.05, 5.0))
+    assert small > 10 * large
+
+    for name in ("README.md", "samples.png", "samples/step_000002.png", "model_index.json", "checkpoint-2/ema"):
+        assert (output_dir / name).exists(), name
+    assert sorted(p.name for p in output_dir.glob("*checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert list((output_dir / "logs").rglob("events.out.tfevents.*")), "no TensorBoard scalars"
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.library_name == "diffusers"
+    assert {"score-based", "pytorch", "diffusers:ScoreGuidedPipeline"} <= set(card.data.tags)
+    assert "ScoreGuidedPipeline.from_pretrained" in card.text and "samples.png" in card.text
+    assert "noise levels from σ_max" in log
+
+
+def test_ncsn_resume_latest_replays_the_uninterrupted_run(ncsn_run, tmp_path):
+    output_dir, _ = ncsn_run
+    resumed = tmp_path / "resumed"
+    resumed.mkdir()
+    shutil.copytree(output_dir / "checkpoint-2", resumed / "checkpoint-2")
+    # An interrupted save leaves only a partial folder; "latest" must ignore it.
+    (resumed / ".checkpoint-3.partial").mkdir()
+    process = launch(
+        "train_ncsn.py",
+        [
+            "--output_dir",
+            str(resumed),
+            *TINY,
+            "--max_train_steps",
+            "4",
+            "--checkpointing_steps",
+            "2",
+            "--num_noise_levels",
+            "6",
+            "--steps_per_level",
+            "1",
+            "--resume_from_checkpoint",
+            "latest",
+        ],
+    )
+    log = check_ok(process)
+    assert "Resuming from" in log and "checkpoint-2 (step 2)" in log
+    expected, actual = load_file(output_dir / UNET_WEIGHTS), load_file(resumed / UNET_WEIGHTS)
+    assert expected.keys() == actual.keys()
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+# ---- score SDE: two processes, VP ε with likelihood weighting → a DDPM-compatible checkpoint ----------------------
+
+
+def test_score_sde_two_processes_vp_epsilon_is_ddpm_compatible(tmp_path):
+    output_dir = tmp_path / "vp"
+    process = launch(
+        "train_score_sde.py",
+        [
+            "--output_dir",
+            str(output_dir),
+            *TINY,
+            "--sde",
+            "vp",
+            "--prediction_type",
+            "epsilon",
+            "--weighting",
+            "likelihood",
+            "--importance_sampling",
+            "--max_train_steps",
+            "2",
+            "--checkpointing_steps",
+            "2",
+            "--num_inference_steps",
+            "2",
+            "--train_batch_size",
+            "8",
+        ],
+        num_processes=2,
+    )
+    log = check_ok(process)
+    assert "Num processes: 2" in log and "MULTI_CPU" in log
+    assert "2 process(es)" in (output_dir / "README.md").read_text()
+    assert (output_dir / "checkpoint-2" / "random_states_1.pkl").exists()
+
+    pipe = ScoreGuidedPipeline.from_pretrained(output_dir)
+    assert isinstance(pipe.scheduler, ProbabilityFlowScheduler)
+    assert (pipe.scheduler.config.sde_type, pipe.scheduler.config.prediction_type) == ("vp", "epsilon")
+    assert pipe.scheduler.config.timestep_type == "discrete"
+    unet = UNet2DModel.from_pretrained(output_dir, subfolder="unet")
+    assert unet.config.time_embedding_type == "positional"
+    ddpm = DDPMPipeline(unet=unet, scheduler=DDPMScheduler(num_train_timesteps=1000, beta_start=1e-4, beta_end=0.02))
+    ddpm.set_progress_bar_config(disable=True)
+    images = ddpm(batch_size=1, num_inference_steps=2, generator=torch.Generator().manual_seed(0), output_type="np")
+    assert images.images.shape == (1, 8, 8, 1)
+    assert "DDPMPipeline(unet=unet" in (output_dir / "README.md").read_text()
+
+
+def test_importance_sampler_matches_the_likelihood_weighted_objective():
+    """E_q[w(t)·f(t)] with t ~ q must equal E_U[g²/σ²·f(t)] (same objective, other time law)."""
+    module = load_script("train_score_sde")
+    from score_diffusers import VPSDE
+
+    sde, eps = VPSDE(), 1e-5
+    sampler = module.ImportanceTimeSampler(sde, eps, torch.device("cpu"))
+    generator = torch.Generator().manual_seed(0)
+    t, weight = sampler.sample(200_000, generator)
+    assert float(t.min()) >= eps and float(t.max()) <= 1
+    f = torch.sin(3 * t) + 1.5
+    grid = torch.linspace(eps, 1, 200_001, dtype=torch.float64)
+    exact = torch.trapezoid(module.likelihood_density(sde, grid) * (torch.sin(3 * grid) + 1.5), grid) / (1 - eps)
+    assert float((weight * f).mean()) == pytest.approx(float(exact), rel=0.02)
+    # The weight is (nearly) constant: that is the variance reduction.
+    assert float(weight.std() / weight.mean()) < 0.05
+
+
+# ---- classifier on the NCSN pipeline's noise process ------------------------------------------------------------
+
+
+def test_classifier_trains_on_the_pipeline_noise_and_attaches(ncsn_run, tmp_path):
+    pipeline_dir, _ = ncsn_run
+    output_dir = tmp_path / "guided"
+    process = launch(
+        "train_classifier.py",
+        [
+            "--output_dir",
+            str(output_dir),
+            "--pretrained_model_name_or_path",
+            str(pipeline_dir),
+            "--block_out_channels",
+            "16",
+            "32",
+            "--train_batch_size",
+            "32",
+            "--max_train_steps",
+            "3",
+            "--num_eval_levels",
+            "3",
+            "--save_pipeline",
+            "--num_grid_images",
+            "2",
+            "--num_inference_steps",
+            "2",
+            "--logger",
+            "none",
+        ],
+    )
+    log = check_ok(process)
+    assert "Held-out accuracy per noise level" in log
+    classifier = NoiseConditionalClassifier.from_pretrained(output_dir, subfolder="classifier")
+    assert classifier.config.time_embedding_type == "fourier" and classifier.config.num_classes == 10
+    pipe = ScoreGuidedPipeline.from_pretrained(output_dir)
+    assert isinstance(pipe.classifier, NoiseConditionalClassifier)
+    rows = __import__("json").loads((output_dir / "accuracy_per_noise_level.json").read_text())
+    assert len(rows) == 3 and all(0 <= row["accuracy"] <= 1 for row in rows)
+    card = ModelCard.load(output_dir / "README.md")
+    assert "classifier-guidance" in card.data.tags and "| accuracy |" in card.text
+
+
+# ---- Hub upload, recorded --------------------------------------------------------------------------------------------
+
+
+def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    calls = []
+
+    def create_repo(repo_id, **kwargs):
+        calls.append(("create_repo", repo_id, kwargs))
+        return huggingface_hub.RepoUrl(f"https://huggingface.co/{repo_id}")
+
+    def upload_folder(repo_id, folder_path, **kwargs):
+        files = sorted(str(p.relative_to(folder_path)) for p in Path(folder_path).rglob("*") if p.is_file())
+        calls.append(("upload_folder", repo_id, {**kwargs, "files": files, "folder_path": folder_path}))
+
+    monkeypatch.setattr(huggingface_hub, "create_repo", create_repo)
+    monkeypatch.setattr(huggingface_hub, "upload_folder", upload_folder)
+    output_dir = tmp_path / "ve"
+    load_script("train_score_sde").main(
+        [
+            "--output_dir",
+            str(output_dir),
+            *TINY,
+            "--sde",
+            "ve",
+            "--max_train_steps",
+            "1",
+            "--num_inference_steps",
+            "2",
+            "--push_to_hub",
+            "--hub_model_id",
+            "someone/tiny-ve",
+            "--logger",
+            "none",
+        ]
+    )
+    assert [call[0] for call in calls] == ["create_repo", "upload_folder"]
+    (_, repo_id, create_kwargs), (_, upload_repo, upload_kwargs) = calls
+    assert repo_id == upload_repo == "someone/tiny-ve" and create_kwargs["exist_ok"]
+    assert Path(upload_kwargs["folder_path"]) == output_dir
+    for name in ("README.md", "model_index.json", "samples.png", UNET_WEIGHTS, "scheduler/scheduler_config.json"):
+        assert name in upload_kwargs["files"], name
+    assert any(pattern.startswith("checkpoint-") for pattern in upload_kwargs["ignore_patterns"])
+    card = ModelCard.load(output_dir / "README.md")
+    assert card.data.library_name == "diffusers"
+    assert {"score-based", "pytorch", "diffusers:ScoreGuidedPipeline", "ve-sde"} <= set(card.data.tags)
+    assert 'ScoreGuidedPipeline.from_pretrained("someone/tiny-ve")' in card.text
+    assert '"sde": "ve"' in card.text and "![Samples" in card.text
+
+
+# ---- bad arguments fail before training --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("train_ncsn", ["--train_data_dir", "/no/such/folder"], "does not exist"),
+        ("train_ncsn", ["--resolution", "10", "--block_out_channels", "16", "32", "64"], "not divisible"),
+        ("train_ncsn", ["--block_out_channels", "8", "8", "8", "8", "8", "8"], "not divisible"),
+        ("train_score_sde", ["--sde", "vpp"], "invalid choice: 'vpp'"),
+        ("train_score_sde", ["--weighting", "elbo"], "invalid choice: 'elbo'"),
+        ("train_score_sde", ["--importance_sampling"], "--importance_sampling needs --weighting likelihood"),
+        ("train_classifier", ["--pretrained_model_name_or_path", "/"], "is not a saved pipeline folder"),
+    ],
+)
+def test_bad_arguments_fail_before_training(script, args, message, tmp_path, capsys):
+    output_dir = tmp_path / "out"
+    with pytest.raises(SystemExit) as raised:
+        load_script(script).main(["--output_dir", str(output_dir), *args])
+    assert raised.value.code != 0
+    assert message in str(raised.value.code) + capsys.readouterr().err
+    assert not output_dir.exists()
+
+
+def test_bad_argument_through_accelerate_launch_is_quick_and_clear(tmp_path):
+    start = time.perf_counter()
+    process = launch(
+        "train_ncsn.py",
+        ["--output_dir", str(tmp_path / "out"), "--resolution", "10", "--block_out_channels", "16", "32", "64"],
+    )
+    assert process.returncode != 0
+    assert "error: resolution 10 is not divisible by the U-Net's downsampling factor 4" in process.stderr
+    assert "Traceback" not in process.stderr.split("error: resolution")[0]
+    assert not (tmp_path / "out").exists()
+    assert time.perf_counter() - start < 120
+
+
+def test_image_folder_data_follow_the_images(tmp_path):
+    """`--train_data_dir` reads an image folder: channels from the images, labels from sub-folders; empty fails."""
+    import numpy as np
+    from PIL import Image
+
+    common = load_script("train_ncsn").common
+    for label in ("a", "b"):
+        (tmp_path / "images" / label).mkdir(parents=True)
+        for index in range(3):
+            pixels = np.random.default_rng(index).integers(0, 256, (12, 20, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(tmp_path / "images" / label / f"{index}.png")
+    parser = common.build_parser("test")
+    common.add_unet_arguments(parser)
+    args = common.parse_args(
+        parser,
+        [
+            "--output_dir",
+            str(tmp_path / "out"),
+            "--train_data_dir",
+            str(tmp_path / "images"),
+            "--resolution",
+            "8",
+            "--block_out_channels",
+            "8",
+            "16",
+        ],
+    )
+    data = common.prepare_training_data(args, args.block_out_channels)
+    batch = data.__getitems__([0, 5])
+    assert (len(data), data.num_channels, data.resolution, data.num_classes) == (6, 3, 8, 2)
+    assert (
+        batch["images"].shape == (2, 3, 8, 8)
+        and -1 <= float(batch["images"].min()) <= float(batch["images"].max()) <= 1
+    )
+    assert batch["labels"].tolist() == [0, 1]
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit, match="holds no readable images"):
+        load_script("train_ncsn").main(
+            ["--output_dir", str(tmp_path / "out"), "--train_data_dir", str(tmp_path / "empty")]
+        )

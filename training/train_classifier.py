@@ -1,0 +1,245 @@
+#!/usr/bin/env python
+"""Train a noise-conditional classifier q_φ(y | x_t, t) for classifier guidance of a saved score pipeline.
+
+The classifier sees the same noise process and the same timestep convention as the pipeline's unet: the SDE and
+`timestep_type` come from `--pretrained_model_name_or_path` (a `ScoreGuidedPipeline` folder or Hub id), t ~ U[ε, 1],
+x_t = α_t x₀ + σ_t z, and the classifier is fed exactly the timestep the unet is fed at t (Song et al., 2021,
+https://arxiv.org/abs/2011.13456, §5; Dhariwal & Nichol, 2021, https://arxiv.org/abs/2105.05233).
+After training it reports the held-out accuracy at evenly spaced noise levels.
+
+The output folder holds the classifier (`NoiseConditionalClassifier.from_pretrained(output_dir)`), or with
+`--save_pipeline` the whole pipeline with the classifier attached (`ScoreGuidedPipeline.from_pretrained(output_dir)`,
+classifier in `output_dir/classifier`) and a guided sample grid, one row per class.
+
+    accelerate launch training/train_classifier.py --pretrained_model_name_or_path ncsn-digits --output_dir clf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from score_diffusers import NoiseConditionalClassifier, ScoreGuidedPipeline
+from score_diffusers.schedulers.scheduling_utils import DEFAULT_SAMPLING_EPS
+from training import common
+
+logger = common.logger
+ACCURACY_FILE = "accuracy_per_noise_level.json"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = common.build_parser(__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--pretrained_model_name_or_path",
+        type=str,
+        required=True,
+        help="The ScoreGuidedPipeline (folder or Hub id) whose noise process and timesteps the classifier learns.",
+    )
+    model = parser.add_argument_group("classifier")
+    model.add_argument(
+        "--block_out_channels", type=int, nargs="+", default=[32, 64, 64], help="Classifier width per resolution level."
+    )
+    model.add_argument("--layers_per_block", type=int, default=1, help="Residual blocks per level.")
+    evaluation = parser.add_argument_group("evaluation and output")
+    evaluation.add_argument("--num_eval_levels", type=int, default=10, help="Noise levels of the accuracy report.")
+    evaluation.add_argument(
+        "--save_pipeline",
+        action="store_true",
+        help="Save the pipeline with the classifier attached (and a guided sample grid) instead of the classifier alone.",
+    )
+    evaluation.add_argument("--guidance_scale", type=float, default=1.0, help="Guidance scale of the sample grid.")
+    evaluation.add_argument(
+        "--num_inference_steps",
+        type=int,
+        default=None,
+        help="Sampler steps of the guided grid (default: the pipeline's).",
+    )
+    parser.set_defaults(num_epochs=10, learning_rate=1e-3, lr_warmup_steps=50)
+    args = common.parse_args(parser, argv)
+    if args.num_eval_levels < 1:
+        raise common.UsageError(f"--num_eval_levels must be >= 1; got {args.num_eval_levels}.")
+    local = Path(args.pretrained_model_name_or_path)
+    if local.exists() and not (local / "model_index.json").is_file():
+        raise common.UsageError(f"--pretrained_model_name_or_path {str(local)!r} is not a saved pipeline folder.")
+    return args
+
+
+def load_pipeline(args: argparse.Namespace) -> ScoreGuidedPipeline:
+    pipeline = ScoreGuidedPipeline.from_pretrained(args.pretrained_model_name_or_path)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline
+
+
+def check_data_matches(data: common.ImageBatchDataset, unet_config, source: str) -> None:
+    """The classifier is trained on the unet's images: same size and channels, and labelled."""
+    size = unet_config.sample_size if isinstance(unet_config.sample_size, int) else unet_config.sample_size[0]
+    if (data.resolution, data.num_channels) != (size, unet_config.in_channels):
+        raise common.UsageError(
+            f"the data are {data.num_channels}×{data.resolution}×{data.resolution} but the unet of {source} takes "
+            f"{unet_config.in_channels}×{size}×{size}; set --resolution {size} or use matching data."
+        )
+    if data.num_classes is None:
+        raise common.UsageError("the data have no labels (--label_column); a classifier needs them.")
+
+
+def time_range(scheduler) -> float:
+    """ε: the smallest training time, where the pipeline's sampler stops."""
+    return DEFAULT_SAMPLING_EPS[scheduler.config.get("sde_type", "ve")]
+
+
+def make_loss(scheduler, eps: float) -> common.LossFunction:
+    def loss_fn(classifier: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        x0, labels = batch["images"], batch["labels"]
+        noisy = common.noisy_batch(
+            scheduler, x0, common.uniform_times(x0.shape[0], eps, generator, x0.device), generator
+        )
+        logits = classifier(noisy.sample, noisy.timestep).logits
+        accuracy = (logits.argmax(-1) == labels).float().mean().item()
+        return F.cross_entropy(logits.float(), labels), {"train_accuracy": accuracy}
+
+    return loss_fn
+
+
+@torch.no_grad()
+def accuracy_per_noise_level(
+    classifier: torch.nn.Module,
+    scheduler,
+    data: common.ImageBatchDataset,
+    eps: float,
+    num_levels: int,
+    seed: int,
+    batch_size: int,
+) -> list[dict[str, float]]:
+    """Held-out accuracy at t = linspace(ε, 1, num_levels), one fixed noise draw per image."""
+    device = next(classifier.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    rows = []
+    for t in torch.linspace(eps, 1, num_levels).tolist():
+        correct = 0
+        for start in range(0, len(data), batch_size):
+            batch = data.__getitems__(list(range(start, min(start + batch_size, len(data)))))
+            x0, labels = batch["images"].to(device), batch["labels"].to(device)
+            noisy = common.noisy_batch(scheduler, x0, torch.full((x0.shape[0],), t, device=device), generator)
+            correct += int((classifier(noisy.sample, noisy.timestep).logits.argmax(-1) == labels).sum())
+        sigma = float(scheduler.sde.marginal_std(torch.tensor(t, dtype=torch.float64)))
+        timestep = float(scheduler.timestep_for_time(torch.tensor(t, dtype=torch.float64)))
+        rows.append({"t": t, "sigma": sigma, "timestep": timestep, "accuracy": correct / len(data)})
+    return rows
+
+
+def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
+    args = parse_args(argv)
+    pipeline = load_pipeline(args)
+    if args.resolution is None:
+        size = pipeline.unet.config.sample_size
+        args.resolution = size if isinstance(size, int) else size[0]
+    data = common.prepare_training_data(args, args.block_out_channels)
+    check_data_matches(data, pipeline.unet.config, args.pretrained_model_name_or_path)
+    scheduler = pipeline.scheduler
+    eps = time_range(scheduler)
+    accelerator = common.make_accelerator(args, "train_classifier")
+    pipeline.to(accelerator.device)
+    torch.manual_seed(args.seed)
+    classifier = NoiseConditionalClassifier.from_unet(
+        pipeline.unet,
+        num_classes=data.num_classes,
+        block_out_channels=tuple(args.block_out_channels),
+        layers_per_block=args.layers_per_block,
+        norm_num_groups=min(32, math.gcd(*args.block_out_channels)),
+    )
+    result = common.train(args, accelerator, classifier, data, make_loss(scheduler, eps))
+
+    output_dir = Path(args.output_dir)
+    test_data = common.load_image_data(args, split="test")
+    rows = accuracy_per_noise_level(
+        result.model, scheduler, test_data, eps, args.num_eval_levels, args.seed, args.train_batch_size
+    )
+    logger.info("Held-out accuracy per noise level:\n" + format_accuracy_table(rows))
+    accelerator.log(
+        {f"eval_accuracy/level_{i}": row["accuracy"] for i, row in enumerate(rows)}, step=result.global_step
+    )
+
+    if accelerator.is_main_process:
+        if args.save_pipeline:
+            ScoreGuidedPipeline(unet=pipeline.unet, scheduler=scheduler, classifier=result.model).save_pretrained(
+                output_dir
+            )
+        else:
+            result.model.save_pretrained(output_dir)
+        (output_dir / ACCURACY_FILE).write_text(json.dumps(rows, indent=2))
+    if args.save_pipeline:
+        guided = guided_grid_fn(pipeline, result.model, scheduler, data.num_classes, args)
+        common.save_sample_grid(accelerator, guided, result.model, args, output_dir / common.SAMPLE_GRID_NAME)
+
+    def write_card() -> Path:
+        return common.write_model_card(
+            args,
+            output_dir,
+            template="classifier_card.md",
+            title="Noise-conditional classifier for guidance",
+            tags=[
+                "classifier-guidance",
+                "diffusers:ScoreGuidedPipeline" if args.save_pipeline else "noise-conditional",
+            ],
+            training_config=common.config_for_logging(args),
+            pipeline_tag="unconditional-image-generation" if args.save_pipeline else "image-classification",
+            base_pipeline=args.pretrained_model_name_or_path,
+            scheduler_class=type(scheduler).__name__,
+            timestep_type=scheduler.config.timestep_type,
+            dataset=data.description,
+            num_classes=data.num_classes,
+            accuracy_table=format_accuracy_table(rows),
+            save_pipeline=args.save_pipeline,
+            guidance_scale=args.guidance_scale,
+            num_inference_steps=grid_inference_steps(pipeline, args),
+            steps=result.global_step,
+        )
+
+    common.finish(accelerator, args, output_dir, write_card)
+    return result
+
+
+def format_accuracy_table(rows: list[dict[str, float]]) -> str:
+    lines = ["| t | σ_t | model timestep | accuracy |", "|---|---|---|---|"]
+    lines += [f"| {r['t']:.3f} | {r['sigma']:.4g} | {r['timestep']:.4g} | {r['accuracy']:.3f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def grid_inference_steps(pipeline: ScoreGuidedPipeline, args: argparse.Namespace) -> int:
+    """The guided grid's steps: --num_inference_steps, else all training levels for annealed Langevin, else 100."""
+    if args.num_inference_steps is not None:
+        return args.num_inference_steps
+    if type(pipeline.scheduler).__name__ == "AnnealedLangevinScheduler":
+        return pipeline.scheduler.config.num_train_timesteps
+    return 100
+
+
+def guided_grid_fn(pipeline: ScoreGuidedPipeline, classifier, scheduler, num_classes: int, args) -> common.GridFunction:
+    """Guided samples, the classes cycling through the grid."""
+
+    def sample(model: torch.nn.Module, num_images: int):
+        guided = ScoreGuidedPipeline(unet=pipeline.unet, scheduler=scheduler, classifier=model)
+        guided.set_progress_bar_config(disable=True)
+        labels = torch.arange(num_images) % num_classes
+        return guided(
+            batch_size=num_images,
+            num_inference_steps=grid_inference_steps(pipeline, args),
+            generator=torch.Generator(device=pipeline.unet.device).manual_seed(args.seed),
+            class_labels=labels,
+            guidance_scale=args.guidance_scale,
+        ).images
+
+    return sample
+
+
+if __name__ == "__main__":
+    main()

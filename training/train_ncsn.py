@@ -1,0 +1,204 @@
+#!/usr/bin/env python
+"""Train a noise-conditional score network (NCSN / NCSNv2) by denoising score matching over geometric noise levels.
+
+Song & Ermon, "Generative Modeling by Estimating Gradients of the Data Distribution" (2019),
+https://arxiv.org/abs/1907.05600, and "Improved Techniques for Training Score-Based Generative Models" (2020),
+https://arxiv.org/abs/2006.09011.
+
+The network is Diffusers' `UNet2DModel` with `time_embedding_type="fourier"`: it embeds log σ and divides its output
+by σ, so it returns the score s_θ(x, σ) itself and stock `UNet2DModel.from_pretrained` loads it. The loss is
+λ(σ)·‖s_θ(x̃, σ) + z/σ‖² with λ(σ) = σ², i.e. ‖σ·s_θ + z‖², with σ drawn uniformly from the levels. The output
+folder is a `ScoreGuidedPipeline` with an `AnnealedLangevinScheduler` on the same levels.
+
+    accelerate launch training/train_ncsn.py --output_dir ncsn-digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from score_diffusers import AnnealedLangevinScheduler, ScoreGuidedPipeline
+from training import common
+
+logger = common.logger
+# NCSNv2 technique 2: neighbouring levels overlap so that this much mass of N(0, σ_{i−1}²I) lies within ±3 std of
+# the shell of N(0, σ_i²I).
+_LEVEL_OVERLAP = 0.5
+# Relative step ratio γ is searched in (1, _MAX_GAMMA].
+_MAX_GAMMA = 10.0
+_BISECTION_ITERATIONS = 100
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = common.build_parser(__doc__.split("\n\n")[0])
+    common.add_unet_arguments(parser)
+    ncsn = parser.add_argument_group("noise levels and annealed Langevin sampling")
+    ncsn.add_argument("--sigma_min", type=float, default=0.01, help="Smallest noise level σ_L.")
+    ncsn.add_argument(
+        "--sigma_max",
+        type=float,
+        default=None,
+        help="Largest noise level σ_1 (default: the largest pairwise distance between training images, NCSNv2 §3.1).",
+    )
+    ncsn.add_argument(
+        "--num_noise_levels",
+        type=int,
+        default=None,
+        help="Number L of geometric levels (default: NCSNv2 technique 2 for the data's dimension).",
+    )
+    ncsn.add_argument("--steps_per_level", type=int, default=5, help="Langevin steps T per level when sampling.")
+    ncsn.add_argument(
+        "--step_size",
+        type=float,
+        default=None,
+        help="Langevin step size ε of the saved AnnealedLangevinScheduler (its update x + (α/2)s + √α z, "
+        "α = ε σ_i²/σ_L²). Default: NCSNv2 technique 4 for T and the level ratio.",
+    )
+    ncsn.add_argument(
+        "--final_denoising",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="End sampling with the Tweedie denoising step (NCSNv2).",
+    )
+    parser.set_defaults(num_epochs=20, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50)
+    args = common.parse_args(parser, argv)
+    if not 0 < args.sigma_min < (args.sigma_max or math.inf):
+        raise common.UsageError(f"need 0 < --sigma_min < --sigma_max; got {args.sigma_min} and {args.sigma_max}.")
+    if args.num_noise_levels is not None and args.num_noise_levels < 2:
+        raise common.UsageError(f"--num_noise_levels must be >= 2; got {args.num_noise_levels}.")
+    if args.steps_per_level < 1 or (args.step_size is not None and args.step_size <= 0):
+        raise common.UsageError("--steps_per_level must be >= 1 and --step_size > 0.")
+    return args
+
+
+# ---- NCSNv2's choices of the noise levels and the step size -------------------------------------------------------
+
+
+def _standard_normal_cdf(x: float) -> float:
+    return 0.5 * (1 + math.erf(x / math.sqrt(2)))
+
+
+def level_ratio_for_dimension(dimension: int) -> float:
+    """γ = σ_{i−1}/σ_i with Φ(√(2D)(γ−1) + 3γ) − Φ(√(2D)(γ−1) − 3γ) = 0.5 (NCSNv2 technique 2), by bisection."""
+    low, high = 1.0, _MAX_GAMMA
+    root = math.sqrt(2 * dimension)
+    for _ in range(_BISECTION_ITERATIONS):
+        gamma = 0.5 * (low + high)
+        overlap = _standard_normal_cdf(root * (gamma - 1) + 3 * gamma) - _standard_normal_cdf(
+            root * (gamma - 1) - 3 * gamma
+        )
+        low, high = (gamma, high) if overlap > _LEVEL_OVERLAP else (low, gamma)
+    return 0.5 * (low + high)
+
+
+def num_levels_for(sigma_max: float, sigma_min: float, dimension: int) -> int:
+    """L such that geometric levels from σ_max to σ_min have NCSNv2's ratio γ for this dimension."""
+    return max(2, math.ceil(math.log(sigma_max / sigma_min) / math.log(level_ratio_for_dimension(dimension))) + 1)
+
+
+def ncsnv2_step_size(gamma: float, sigma_min: float, steps_per_level: int) -> float:
+    """NCSNv2 technique 4: the ε (for x ← x + α s + √(2α) z, α = ε σ_i²/σ_L²) that brings
+
+        (1 − ε/σ_L²)^{2T} (γ² − 2ε/(σ_L² − σ_L²(1 − ε/σ_L²)²)) + 2ε/(σ_L² − σ_L²(1 − ε/σ_L²)²)
+
+    closest to 1, searched on a log grid of ε/σ_L² in (0, 1).
+    """
+    ratio = np.logspace(-8, -1e-4, 200_000)
+    stationary = 2 * ratio / (1 - (1 - ratio) ** 2)
+    value = (1 - ratio) ** (2 * steps_per_level) * (gamma**2 - stationary) + stationary
+    return float(ratio[np.argmin(np.abs(value - 1))] * sigma_min**2)
+
+
+def build_scheduler(args: argparse.Namespace, data: common.ImageBatchDataset) -> AnnealedLangevinScheduler:
+    """An `AnnealedLangevinScheduler` on the training levels, with NCSNv2's defaults where arguments are unset."""
+    dimension = data.num_channels * data.resolution**2
+    sigma_max = args.sigma_max or common.max_pairwise_distance(data)
+    num_levels = args.num_noise_levels or num_levels_for(sigma_max, args.sigma_min, dimension)
+    gamma = (sigma_max / args.sigma_min) ** (1 / (num_levels - 1))
+    # The scheduler's update is x + (α/2)s + √α z, NCSNv2's is x + α s + √(2α) z: the same dynamics at twice ε.
+    step_size = args.step_size or 2 * ncsnv2_step_size(gamma, args.sigma_min, args.steps_per_level)
+    return AnnealedLangevinScheduler(
+        num_train_timesteps=num_levels,
+        sigma_min=args.sigma_min,
+        sigma_max=sigma_max,
+        steps_per_level=args.steps_per_level,
+        step_size=step_size,
+        final_denoising=args.final_denoising,
+        prediction_type="score",
+        timestep_type="sigma",
+    )
+
+
+# ---- loss -----------------------------------------------------------------------------------------------------------
+
+
+def make_loss(scheduler: AnnealedLangevinScheduler, device: torch.device) -> common.LossFunction:
+    """Denoising score matching with λ(σ) = σ² over the scheduler's training levels."""
+    num_levels = scheduler.config.num_train_timesteps
+    level_times = torch.linspace(scheduler.sde.T, 0, num_levels, device=device)
+
+    def loss_fn(unet: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        x0 = batch["images"]
+        level = torch.randint(0, num_levels, (x0.shape[0],), generator=generator, device=x0.device)
+        noisy = common.noisy_batch(scheduler, x0, level_times[level], generator)
+        score = unet(noisy.sample, noisy.timestep).sample
+        # σ²‖s + z/σ‖² = ‖σs + z‖², averaged over dimensions.
+        return (noisy.sigma * score + noisy.noise).square().mean(), {}
+
+    return loss_fn
+
+
+# ---- main -----------------------------------------------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
+    args = parse_args(argv)
+    data = common.prepare_training_data(args, args.block_out_channels)
+    scheduler = build_scheduler(args, data)
+    accelerator = common.make_accelerator(args, "train_ncsn")
+    logger.info(
+        f"{scheduler.config.num_train_timesteps} noise levels from σ_max={scheduler.config.sigma_max:.4g} to "
+        f"σ_min={scheduler.config.sigma_min:.4g}; Langevin step size {scheduler.config.step_size:.3g}"
+    )
+    torch.manual_seed(args.seed)
+    unet = common.build_unet(args, data, time_embedding_type="fourier")
+    levels = scheduler.config.num_train_timesteps
+    grid_fn = common.pipeline_grid_fn(scheduler, num_inference_steps=levels, seed=args.seed)
+    result = common.train(args, accelerator, unet, data, make_loss(scheduler, accelerator.device), grid_fn)
+
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        ScoreGuidedPipeline(unet=result.model, scheduler=scheduler).save_pretrained(output_dir)
+    common.save_sample_grid(accelerator, grid_fn, result.model, args, output_dir / common.SAMPLE_GRID_NAME)
+
+    def write_card() -> Path:
+        return common.write_pipeline_card(
+            args,
+            output_dir,
+            title="NCSN score model",
+            method="NCSN / NCSNv2 denoising score matching over geometric noise levels, sampled with annealed "
+            "Langevin dynamics",
+            objective=f"denoising score matching, λ(σ) = σ², σ uniform over {levels} geometric levels",
+            script="training/train_ncsn.py",
+            tags=["ncsn", "annealed-langevin"],
+            data=data,
+            scheduler=scheduler,
+            num_inference_steps=levels,
+            result=result,
+        )
+
+    common.finish(accelerator, args, output_dir, write_card)
+    return result
+
+
+if __name__ == "__main__":
+    main()

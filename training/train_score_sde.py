@@ -1,0 +1,233 @@
+#!/usr/bin/env python
+"""Train a continuous-time score model for a VE, VP or sub-VP SDE by denoising score matching.
+
+Song et al., "Score-Based Generative Modeling through Stochastic Differential Equations" (2021),
+https://arxiv.org/abs/2011.13456; likelihood weighting and importance sampling from Song et al., "Maximum Likelihood
+Training of Score-Based Diffusion Models" (2021), https://arxiv.org/abs/2101.09258.
+
+Loss E_t λ(t)‖s_θ(x_t, t) + z/σ_t‖², t ~ U[ε, 1], with λ = σ_t² (`--weighting score`) or λ = g(t)² (`likelihood`,
+a bound on the negative log-likelihood); `--importance_sampling` draws t with density ∝ g²/σ² instead, which leaves
+the objective unchanged and lowers its variance.
+
+`--prediction_type score`: a Fourier-embedded `UNet2DModel` fed σ_t/α_t that returns the score (NCSN++ style).
+`--prediction_type epsilon`: a DDPM-style `UNet2DModel` fed the DDPM timestep index t·(N − 1) that predicts ε;
+for `--sde vp` the unet is a drop-in DDPM checkpoint. The output is a `ScoreGuidedPipeline` with a
+predictor-corrector (`--sampler pc`) or probability-flow (`pf`) scheduler on the same SDE.
+
+    accelerate launch training/train_score_sde.py --sde vp --prediction_type epsilon --output_dir vp-digits
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from score_diffusers import PredictorCorrectorScheduler, ProbabilityFlowScheduler, ScoreGuidedPipeline
+from score_diffusers.sde import SDE
+from training import common
+
+logger = common.logger
+SDE_TYPES = ("ve", "vp", "subvp")
+WEIGHTINGS = ("score", "likelihood")
+# Default sampler per SDE: the VE probability-flow ODE samples noticeably worse than the VE SDE, VP's much better.
+DEFAULT_SAMPLERS = {"ve": "pc", "vp": "pf", "subvp": "pf"}
+DEFAULT_INFERENCE_STEPS = {"pc": 100, "pf": 30}
+# Points of the tabulated importance density g²/σ² on a log-spaced grid of t.
+_IMPORTANCE_GRID_POINTS = 4097
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = common.build_parser(__doc__.split("\n\n")[0])
+    common.add_unet_arguments(parser)
+    sde = parser.add_argument_group("SDE and objective")
+    sde.add_argument("--sde", type=str, default="ve", choices=SDE_TYPES, help="The forward SDE.")
+    sde.add_argument("--sigma_min", type=float, default=0.01, help="VE: σ_min.")
+    sde.add_argument(
+        "--sigma_max", type=float, default=None, help="VE: σ_max (default: the largest pairwise distance in the data)."
+    )
+    sde.add_argument("--beta_min", type=float, default=0.1, help="VP / sub-VP: β(0).")
+    sde.add_argument("--beta_max", type=float, default=20.0, help="VP / sub-VP: β(1).")
+    sde.add_argument(
+        "--num_train_timesteps",
+        type=int,
+        default=1000,
+        help="N of the DDPM index scale t·(N − 1) that ε models receive (and of the saved scheduler).",
+    )
+    sde.add_argument("--training_eps", type=float, default=1e-5, help="Smallest training time ε (score_sde: 1e-5).")
+    sde.add_argument(
+        "--weighting", type=str, default="score", choices=WEIGHTINGS, help="λ(t) = σ_t² (score) or g(t)² (likelihood)."
+    )
+    sde.add_argument(
+        "--importance_sampling",
+        action="store_true",
+        help="With --weighting likelihood: draw t ∝ g²/σ² (same objective, lower variance).",
+    )
+    sde.add_argument(
+        "--prediction_type",
+        type=str,
+        default="score",
+        choices=("score", "epsilon"),
+        help="What the unet predicts; epsilon gives a DDPM-compatible checkpoint for --sde vp.",
+    )
+    sample = parser.add_argument_group("sampling")
+    sample.add_argument(
+        "--sampler",
+        type=str,
+        default=None,
+        choices=("pc", "pf"),
+        help="Saved scheduler: predictor-corrector (pc) or probability flow (pf). Default: pc for VE, pf otherwise.",
+    )
+    sample.add_argument(
+        "--num_inference_steps", type=int, default=None, help="Sampler steps for the sample grids (pc: 100, pf: 30)."
+    )
+    parser.set_defaults(num_epochs=20, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50)
+    args = common.parse_args(parser, argv)
+    if args.importance_sampling and args.weighting != "likelihood":
+        raise common.UsageError("--importance_sampling needs --weighting likelihood.")
+    if not 0 < args.training_eps < 1:
+        raise common.UsageError(f"--training_eps must lie in (0, 1); got {args.training_eps}.")
+    if args.sigma_max is not None and not 0 < args.sigma_min < args.sigma_max:
+        raise common.UsageError(f"need 0 < --sigma_min < --sigma_max; got {args.sigma_min} and {args.sigma_max}.")
+    if not 0 <= args.beta_min <= args.beta_max:
+        raise common.UsageError(f"need 0 <= --beta_min <= --beta_max; got {args.beta_min} and {args.beta_max}.")
+    args.sampler = args.sampler or DEFAULT_SAMPLERS[args.sde]
+    args.num_inference_steps = args.num_inference_steps or DEFAULT_INFERENCE_STEPS[args.sampler]
+    return args
+
+
+def build_scheduler(args: argparse.Namespace, data: common.ImageBatchDataset):
+    """The saved sampler: the same SDE, the unet's prediction type and timestep convention."""
+    scheduler_class = PredictorCorrectorScheduler if args.sampler == "pc" else ProbabilityFlowScheduler
+    return scheduler_class(
+        num_train_timesteps=args.num_train_timesteps,
+        sde_type=args.sde,
+        sigma_min=args.sigma_min,
+        sigma_max=(args.sigma_max or common.max_pairwise_distance(data)) if args.sde == "ve" else 50.0,
+        beta_min=args.beta_min,
+        beta_max=args.beta_max,
+        prediction_type=args.prediction_type,
+        timestep_type="sigma" if args.prediction_type == "score" else "discrete",
+    )
+
+
+# ---- time sampling and weighting ------------------------------------------------------------------------------------
+
+
+def likelihood_density(sde: SDE, t: torch.Tensor) -> torch.Tensor:
+    """g(t)²/σ_t², the likelihood weight λ = g² relative to the σ²-scaled residual ‖σ s + z‖²."""
+    return sde.diffusion(t) ** 2 / sde.marginal_std(t) ** 2
+
+
+class ImportanceTimeSampler:
+    """Draws t ∈ [ε, 1] with density q ∝ g²/σ², tabulated on a log-spaced grid (piecewise-constant q).
+
+    Returns with each t the weight λ(t)/σ²(t) / ((1 − ε)·q(t)), so the weighted loss is an unbiased estimate of the
+    same objective as uniform t with weight g²/σ²; q ∝ g²/σ² makes the weight nearly constant.
+    """
+
+    def __init__(self, sde: SDE, eps: float, device: torch.device):
+        grid = torch.logspace(math.log10(eps), 0, _IMPORTANCE_GRID_POINTS, dtype=torch.float64)
+        density = likelihood_density(sde, grid)
+        mass = 0.5 * (density[1:] + density[:-1]) * grid.diff()
+        self.grid = grid.to(device)
+        self.cdf = torch.cat([torch.zeros(1, dtype=torch.float64), mass.cumsum(0) / mass.sum()]).to(device)
+        self.bin_density = (mass / mass.sum() / grid.diff()).to(device)
+        self.sde = sde
+        self.eps = eps
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        u = torch.rand(batch_size, generator=generator, device=self.grid.device, dtype=torch.float64)
+        index = (torch.searchsorted(self.cdf, u, right=True) - 1).clamp(0, self.bin_density.numel() - 1)
+        fraction = (u - self.cdf[index]) / (self.cdf[index + 1] - self.cdf[index])
+        t = self.grid[index] + fraction * (self.grid[index + 1] - self.grid[index])
+        weight = likelihood_density(self.sde, t) / ((1 - self.eps) * self.bin_density[index])
+        return t.float(), weight.float()
+
+
+def make_loss(args: argparse.Namespace, scheduler, device: torch.device) -> common.LossFunction:
+    """Weighted denoising score matching, ‖σ_t s_θ + z‖² times λ(t)/σ_t² (and the importance weight)."""
+    sde, eps = scheduler.sde, args.training_eps
+    importance = ImportanceTimeSampler(sde, eps, device) if args.importance_sampling else None
+
+    def loss_fn(unet: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
+        x0 = batch["images"]
+        if importance is not None:
+            t, weight = importance.sample(x0.shape[0], generator)
+        else:
+            t = common.uniform_times(x0.shape[0], eps, generator, x0.device)
+            weight = likelihood_density(sde, t) if args.weighting == "likelihood" else torch.ones_like(t)
+        noisy = common.noisy_batch(scheduler, x0, t, generator)
+        output = unet(noisy.sample, noisy.timestep).sample
+        # σ·s = σ·output for a score model; σ·s = −ε̂ for an ε model.
+        sigma_score = noisy.sigma * output if args.prediction_type == "score" else -output
+        residual = (sigma_score + noisy.noise).square().flatten(1).mean(1)
+        return (weight.to(residual.dtype) * residual).mean(), {}
+
+    return loss_fn
+
+
+# ---- main -----------------------------------------------------------------------------------------------------------
+
+
+def ddpm_scheduler_arguments(args: argparse.Namespace) -> str | None:
+    """`DDPMScheduler(...)` arguments matching a VP ε model (β_start = β_min/N, β_end = β_max/N), else None."""
+    if args.sde != "vp" or args.prediction_type != "epsilon":
+        return None
+    n = args.num_train_timesteps
+    return f"num_train_timesteps={n}, beta_start={args.beta_min / n:g}, beta_end={args.beta_max / n:g}"
+
+
+def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
+    args = parse_args(argv)
+    data = common.prepare_training_data(args, args.block_out_channels)
+    scheduler = build_scheduler(args, data)
+    accelerator = common.make_accelerator(args, "train_score_sde")
+    torch.manual_seed(args.seed)
+    unet = common.build_unet(
+        args,
+        data,
+        time_embedding_type="fourier" if args.prediction_type == "score" else "positional",
+        num_train_timesteps=args.num_train_timesteps,
+    )
+    grid_fn = common.pipeline_grid_fn(scheduler, num_inference_steps=args.num_inference_steps, seed=args.seed)
+    result = common.train(args, accelerator, unet, data, make_loss(args, scheduler, accelerator.device), grid_fn)
+
+    output_dir = Path(args.output_dir)
+    if accelerator.is_main_process:
+        ScoreGuidedPipeline(unet=result.model, scheduler=scheduler).save_pretrained(output_dir)
+    common.save_sample_grid(accelerator, grid_fn, result.model, args, output_dir / common.SAMPLE_GRID_NAME)
+
+    weighting = "λ = σ_t²" if args.weighting == "score" else "λ = g(t)² (likelihood weighting)"
+    time_sampling = (
+        "t ∝ g²/σ² (importance sampling)" if args.importance_sampling else f"t ~ U[{args.training_eps:g}, 1]"
+    )
+
+    def write_card() -> Path:
+        return common.write_pipeline_card(
+            args,
+            output_dir,
+            title=f"{args.sde.upper()} SDE score model",
+            method=f"continuous-time denoising score matching for the {args.sde.upper()} SDE",
+            objective=f"denoising score matching, {weighting}, {time_sampling}, {args.prediction_type} prediction",
+            script="training/train_score_sde.py",
+            data=data,
+            scheduler=scheduler,
+            num_inference_steps=args.num_inference_steps,
+            result=result,
+            tags=["score-sde", f"{args.sde}-sde"],
+            ddpm_usage=ddpm_scheduler_arguments(args),
+        )
+
+    common.finish(accelerator, args, output_dir, write_card)
+    return result
+
+
+if __name__ == "__main__":
+    main()
