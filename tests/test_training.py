@@ -60,6 +60,18 @@ TINY = [
     "--lr_warmup_steps",
     "0",
 ]
+# The NCSN run that the resume test repeats: 4 steps, a checkpoint every 2.
+NCSN_RUN = [
+    *TINY,
+    "--max_train_steps",
+    "4",
+    "--checkpointing_steps",
+    "2",
+    "--num_noise_levels",
+    "6",
+    "--steps_per_level",
+    "1",
+]
 UNET_WEIGHTS = "unet/diffusion_pytorch_model.safetensors"
 SUBPROCESS_TIMEOUT_S = 300
 
@@ -109,15 +121,7 @@ def ncsn_run(tmp_path_factory) -> tuple[Path, str]:
         [
             "--output_dir",
             str(output_dir),
-            *TINY,
-            "--max_train_steps",
-            "4",
-            "--checkpointing_steps",
-            "2",
-            "--num_noise_levels",
-            "6",
-            "--steps_per_level",
-            "1",
+            *NCSN_RUN,
         ],
     )
     return output_dir, check_ok(process)
@@ -170,15 +174,7 @@ def test_ncsn_resume_latest_replays_the_uninterrupted_run(ncsn_run, tmp_path):
         [
             "--output_dir",
             str(resumed),
-            *TINY,
-            "--max_train_steps",
-            "4",
-            "--checkpointing_steps",
-            "2",
-            "--num_noise_levels",
-            "6",
-            "--steps_per_level",
-            "1",
+            *NCSN_RUN,
             "--resume_from_checkpoint",
             "latest",
         ],
