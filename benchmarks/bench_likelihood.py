@@ -15,6 +15,9 @@
     python benchmarks/bench_likelihood.py            # both parts
     python benchmarks/bench_likelihood.py --quick    # fewer tolerances and images
     python benchmarks/bench_likelihood.py --part accuracy   # or --part digits
+
+Prints markdown tables and saves `benchmarks/results/likelihood_accuracy_vs_nfe.png` (error against NFE per SDE)
+and `benchmarks/results/likelihood_digits_bpd.png` (real versus shuffled bits/dim).
 """
 
 from __future__ import annotations
@@ -36,8 +39,10 @@ from score_diffusers.likelihood import eight_bit_offset
 
 try:
     from machine import machine_description
+    from plotting import RESULTS, pyplot, save_figure
 except ImportError:  # run as a module from the repository root
     from benchmarks.machine import machine_description
+    from benchmarks.plotting import RESULTS, pyplot, save_figure
 
 # The fallback digits DDPM is cached outside the repository.
 CACHE = Path(os.environ.get("SCORE_DIFFUSERS_CACHE", Path.home() / ".cache" / "score_diffusers"))
@@ -122,6 +127,32 @@ def print_accuracy(rows: list[AccuracyRow]) -> None:
             f"| {r.sde} | {r.divergence} | {r.rtol:.0e} | {solver} | {r.nfe} | {r.mean_error:.2e} | "
             f"{r.max_error:.2e} | {r.solver_error:.2e} | {stderr} | {r.seconds:.1f} |"
         )
+
+
+def plot_accuracy(rows: list[AccuracyRow], path: Path) -> None:
+    """Mean absolute bits/dim error against NFE (log-log), one panel per SDE, one line per solver and divergence."""
+    plt = pyplot()
+    sdes = list(dict.fromkeys(r.sde for r in rows))
+    figure, axes = plt.subplots(1, len(sdes), figsize=(5 * len(sdes), 4.2), squeeze=False)
+    colors = {"dopri5": "tab:blue", "RK45": "tab:orange"}
+    solvers = {"dopri5": "torchdiffeq dopri5", "RK45": "SciPy RK45"}
+    for axis, sde in zip(axes[0], sdes):
+        for method in ("dopri5", "RK45"):
+            for divergence, style in (("exact", "-"), ("hutchinson", "--")):
+                points = sorted(
+                    (r.nfe, r.mean_error) for r in rows if (r.sde, r.method, r.divergence) == (sde, method, divergence)
+                )
+                if points:
+                    axis.plot(*zip(*points), marker="o", linestyle=style, color=colors[method],
+                              label=f"{solvers[method]}, {divergence} divergence")
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("model evaluations (NFE)")
+        axis.set_ylabel("mean abs error (bits/dim)")
+        axis.set_title(f"{sde.upper()}: error against log p_ε (a point per rtol = atol)")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0, 0].legend(fontsize=8)
+    save_figure(figure, path)
 
 
 # ---- part 2: a DDPM on digits ----------------------------------------------------------------------------------------
@@ -220,6 +251,29 @@ def digits_comparison(num_images: int, checkpoint: str, train_steps: int, rtol: 
     real, fake = results["test images"][0].bits_per_dim, results["pixel-shuffled"][0].bits_per_dim
     print(f"\nReal images get fewer bits/dim than their shuffled copies in {int((real < fake).sum())}/{num_images} "
           f"pairs; mean gap {float((fake - real).mean()):.3f} bits/dim.")
+    plot_digits(real, fake, RESULTS / "likelihood_digits_bpd.png")
+
+
+def plot_digits(real: torch.Tensor, fake: torch.Tensor, path: Path) -> None:
+    """Histograms of the real and pixel-shuffled bits/dim, and each real image against its shuffled copy."""
+    plt = pyplot()
+    real, fake = real.double().numpy(), fake.double().numpy()
+    figure, (histogram, pairs) = plt.subplots(1, 2, figsize=(11, 4.2))
+    low, high = min(real.min(), fake.min()), max(real.max(), fake.max())
+    bins = torch.linspace(float(low), float(high), 41).numpy()
+    histogram.hist(real, bins=bins, alpha=0.6, label=f"test images (mean {real.mean():.2f})")
+    histogram.hist(fake, bins=bins, alpha=0.6, label=f"pixel-shuffled (mean {fake.mean():.2f})")
+    histogram.set_xlabel("bits/dim (8-bit scale)")
+    histogram.set_ylabel("images")
+    histogram.set_title("Digits DDPM: bits/dim of real vs shuffled images")
+    histogram.legend(fontsize=8)
+    pairs.scatter(real, fake, s=14)
+    pairs.plot([low, high], [low, high], color="gray", linestyle="--", label="equal bits/dim")
+    pairs.set_xlabel("test image bits/dim")
+    pairs.set_ylabel("its pixel-shuffled copy, bits/dim")
+    pairs.set_title(f"Per image: real below shuffled in {int((real < fake).sum())}/{len(real)}")
+    pairs.legend(fontsize=8)
+    save_figure(figure, path)
 
 
 def main() -> None:
@@ -235,7 +289,9 @@ def main() -> None:
     print(machine_description(), flush=True)
     if args.part in ("all", "accuracy"):
         rtols = [1e-3, 1e-5] if args.quick else [1e-3, 1e-4, 1e-5, 1e-6]
-        print_accuracy(accuracy_rows(rtols))
+        rows = accuracy_rows(rtols)
+        print_accuracy(rows)
+        plot_accuracy(rows, RESULTS / "likelihood_accuracy_vs_nfe.png")
     if args.part in ("all", "digits"):
         digits_comparison(
             num_images=16 if args.quick else 64, checkpoint=args.checkpoint, train_steps=args.train_steps, rtol=1e-4

@@ -10,7 +10,8 @@
 
 Run from the repository root: `python benchmarks/bench_pipeline.py` (add `--num-samples 128` for a quicker, noisier
 run). The DDPM (`benchmarks/digits_ddpm.py`) and the noise-conditional classifier are trained once and cached under
-`benchmarks/results/`; the feature CNN is retrained each run.
+`benchmarks/results/`; the feature CNN is retrained each run. Prints markdown tables and saves
+`benchmarks/results/pipeline_fd_vs_nfe.png` (FD per model evaluation, guided accuracy and FD per guidance scale).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import argparse
 import os
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import scipy.linalg
@@ -37,9 +39,11 @@ from score_diffusers.datasets import load_digits_images
 try:
     from digits_ddpm import DEFAULT_OUTPUT_DIR, get_digits_ddpm
     from machine import machine_description
+    from plotting import RESULTS, pyplot, save_figure
 except ImportError:
     from benchmarks.digits_ddpm import DEFAULT_OUTPUT_DIR, get_digits_ddpm
     from benchmarks.machine import machine_description
+    from benchmarks.plotting import RESULTS, pyplot, save_figure
 
 DEFAULT_CLASSIFIER_DIR = os.path.join(os.path.dirname(DEFAULT_OUTPUT_DIR), "digits_noisy_classifier")
 NUM_CLASSES = 10
@@ -171,6 +175,50 @@ def vp_schedulers(ddpm_config) -> dict[str, tuple[object, int]]:
     }
 
 
+def plot_results(rows: list[tuple], guided_rows: list[tuple], guidance_scales: list[float], path: Path) -> None:
+    """FD against model evaluations per sampler; share classified as requested and FD ratio against guidance scale.
+
+    `rows` and `guided_rows` are `main`'s table rows; `guidance_scales[i]` is the scale of `guided_rows[i]` (0 for
+    the unguided row).
+    """
+    plt = pyplot()
+    figure, (quality, accuracy, fd_ratio) = plt.subplots(
+        1, 3, figsize=(17, 4.8), gridspec_kw={"width_ratios": [2, 1, 1]}
+    )
+    markers = iter("os^Dv<>pP*")
+    for name, evaluations, fd, _ in rows:
+        if isinstance(evaluations, int):
+            quality.scatter(evaluations, fd, s=50, marker=next(markers, "o"), label=name, zorder=3)
+        else:  # the real digits: the floor this sample size allows
+            quality.axhline(fd, color="gray", linestyle="--", label=name)
+    quality.set_xscale("log")
+    quality.set_xlim(left=20, right=3000)
+    quality.set_ylim(bottom=0)
+    quality.set_xlabel("model evaluations (NFE)")
+    quality.set_ylabel("FD to the training digits (lower is better)")
+    quality.set_title("Sample quality per model evaluation")
+    quality.grid(True, which="both", alpha=0.3)
+    quality.legend(fontsize=7)
+
+    unguided_fd = guided_rows[0][2]
+    accuracy.plot(guidance_scales, [100 * row[1] for row in guided_rows], marker="o")
+    accuracy.axhline(
+        100 * MIN_GUIDED_ACCURACY, color="gray", linestyle="--", label=f"bar ≥ {MIN_GUIDED_ACCURACY:.0%}"
+    )
+    accuracy.set_ylim(0, 105)
+    accuracy.set_ylabel("classified as requested (%)")
+    fd_ratio.plot(guidance_scales, [row[2] / unguided_fd for row in guided_rows], marker="o")
+    fd_ratio.axhline(MAX_GUIDED_FD_RATIO, color="gray", linestyle="--", label=f"bar ≤ {MAX_GUIDED_FD_RATIO}×")
+    fd_ratio.set_ylim(0, 1.15 * max(MAX_GUIDED_FD_RATIO, *(row[2] / unguided_fd for row in guided_rows)))
+    fd_ratio.set_ylabel("FD guided / unguided")
+    for axis, title in ((accuracy, "Guided: requested class"), (fd_ratio, "Guided: FD cost")):
+        axis.set_xlabel("guidance scale w (0 = unguided)")
+        axis.set_title(f"{title} (PC ancestral, 100 NFE)")
+        axis.grid(True, alpha=0.3)
+        axis.legend(fontsize=8)
+    save_figure(figure, path)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ddpm-dir", default=DEFAULT_OUTPUT_DIR, help="cache folder of the digits DDPM")
@@ -268,6 +316,7 @@ def main() -> None:
               f"{seconds / unguided_seconds:.2f}× |")
     print("\nGuidance runs one classifier forward and backward per model evaluation; 'time / unguided' is the measured "
           "overhead.")
+    plot_results(rows, guided_rows, [0.0, *arguments.guidance_scales], RESULTS / "pipeline_fd_vs_nfe.png")
 
 
 if __name__ == "__main__":

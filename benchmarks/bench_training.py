@@ -8,6 +8,8 @@ written with nothing but PyTorch. Runs alternate script / plain `--repeats` time
 the table reports the median images/s over the steps after `--warmup` steps.
 
     python benchmarks/bench_training.py --steps 20 --repeats 2
+
+Prints a markdown table and saves `benchmarks/results/training_throughput.png` (images/s, script beside plain loop).
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import importlib.util
 import io
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +37,13 @@ from diffusers import UNet2DModel
 
 from score_diffusers import AnnealedLangevinScheduler, NoiseConditionalClassifier, ScoreGuidedPipeline
 from score_diffusers.datasets import load_digits_images
+
+try:
+    from machine import machine_description
+    from plotting import RESULTS, pyplot, save_figure
+except ImportError:  # run as a module from the repository root
+    from benchmarks.machine import machine_description
+    from benchmarks.plotting import RESULTS, pyplot, save_figure
 
 
 def load_script(name: str):
@@ -131,12 +139,26 @@ def plain_counterpart(script: str, output_dir: Path, ncsn_dir: Path) -> tuple[to
     return model, ve_plain_loss(config.sigma_min, config.sigma_max)
 
 
-def machine_info() -> str:
-    return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} logical CPUs, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, load average "
-        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}"
-    )
+def load_average() -> str:
+    """The machine may be shared: its 1, 5 and 15-minute load averages, printed beside the machine line."""
+    return f"_Load average: {', '.join(f'{x:.1f}' for x in os.getloadavg())}._"
+
+
+def plot_throughput(rows: list[dict], path: Path) -> None:
+    """Grouped bars: images/s of each training script beside the plain PyTorch loop on the same model."""
+    plt = pyplot()
+    figure, axis = plt.subplots(figsize=(2.6 * len(rows) + 2.5, 4.5))
+    width = 0.38
+    positions = list(range(len(rows)))
+    series = ((-width / 2, "script_images_per_s", "script"), (width / 2, "plain_images_per_s", "plain PyTorch loop"))
+    for offset, key, label in series:
+        bars = axis.bar([x + offset for x in positions], [row[key] for row in rows], width, label=label)
+        axis.bar_label(bars, fmt="%.0f", fontsize=8)
+    axis.set_xticks(positions, [f"{row['script']}\n{row['ratio']:.2f}× the plain loop" for row in rows], fontsize=8)
+    axis.set_ylabel("training images / s (median)")
+    axis.set_title("Training throughput: script vs plain PyTorch loop")
+    axis.legend(fontsize=8)
+    save_figure(figure, path)
 
 
 def main() -> None:
@@ -151,7 +173,8 @@ def main() -> None:
     )
     args = parser.parse_args()
     torch.manual_seed(0)
-    print(machine_info())
+    print(machine_description())
+    print(load_average())
     common_flags = [
         "--train_batch_size",
         str(args.batch_size),
@@ -224,9 +247,11 @@ def main() -> None:
             f"| {row['script']} | {row['params_M']:.2f} M | {row['script_images_per_s']:.1f} | "
             f"{row['plain_images_per_s']:.1f} | {row['ratio']:.2f}× |"
         )
-    print(f"\n{machine_info()}")
+    print(f"\n{machine_description()}\n{load_average()}")
     if args.json:
         Path(args.json).write_text(json.dumps(rows, indent=2))
+    if rows:
+        plot_throughput(rows, RESULTS / "training_throughput.png")
 
 
 if __name__ == "__main__":
