@@ -27,10 +27,11 @@ from score_diffusers.analytic import ExactScoreModel, GaussianMixture, quality_r
 
 try:
     from machine import machine_description
+    from plotting import RESULTS, pyplot, save_figure
 except ImportError:  # run as a module from the repository root
     from benchmarks.machine import machine_description
+    from benchmarks.plotting import RESULTS, pyplot, save_figure
 
-RESULTS = Path(__file__).resolve().parent / "results"
 DIM, COMPONENTS = 64, 8
 SIGMA_MIN, SIGMA_MAX = 0.01, 50.0
 # Annealed Langevin's step size ε (NCSN's convention), chosen by `--langevin_sweep` (199 levels × 5 steps): small
@@ -169,11 +170,7 @@ def print_quality(rows: list[Row]) -> None:
 
 
 def plot_quality(rows: list[Row], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     metrics = [("sliced_w2", "sliced W2"), ("mode_tv", "mode-weight TV"), ("logp_gap", "|log-density gap| / dim")]
     figure, axes = plt.subplots(2, 3, figsize=(15, 8))
     floor = next(row for row in rows if row.family == "both")
@@ -190,10 +187,7 @@ def plot_quality(rows: list[Row], path: Path) -> None:
             axis.set_xlabel("model evaluations (NFE)")
             axis.set_title(f"{family}: {label}")
         axes[line, 0].legend(fontsize=7)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    print(f"\nSaved {path}")
+    save_figure(figure, path)
 
 
 def step_overhead(repeats: int) -> None:
