@@ -104,12 +104,18 @@ def ncsn_plain_loss(sigmas: torch.Tensor):
     return loss_of
 
 
+def perturb_log_uniform(x0, sigma_min: float, sigma_max: float, generator):
+    """x0 + σ·noise with σ = σ_min(σ_max/σ_min)^t, t ~ U[1e-5, 1]: the VE noise both plain loops train on."""
+    t = 1e-5 + (1 - 1e-5) * torch.rand(x0.shape[0], generator=generator)
+    sigma = sigma_min * (sigma_max / sigma_min) ** t
+    noise = torch.randn(x0.shape, generator=generator)
+    return x0 + sigma[:, None, None, None] * noise, sigma, noise
+
+
 def ve_plain_loss(sigma_min: float, sigma_max: float):
     def loss_of(unet, x0, _labels, generator):
-        t = 1e-5 + (1 - 1e-5) * torch.rand(x0.shape[0], generator=generator)
-        sigma = sigma_min * (sigma_max / sigma_min) ** t
-        noise = torch.randn(x0.shape, generator=generator)
-        score = unet(x0 + sigma[:, None, None, None] * noise, sigma).sample
+        noisy, sigma, noise = perturb_log_uniform(x0, sigma_min, sigma_max, generator)
+        score = unet(noisy, sigma).sample
         return (sigma[:, None, None, None] * score + noise).square().mean()
 
     return loss_of
@@ -117,10 +123,8 @@ def ve_plain_loss(sigma_min: float, sigma_max: float):
 
 def classifier_plain_loss(sigma_min: float, sigma_max: float):
     def loss_of(classifier, x0, labels, generator):
-        t = 1e-5 + (1 - 1e-5) * torch.rand(x0.shape[0], generator=generator)
-        sigma = sigma_min * (sigma_max / sigma_min) ** t
-        noise = torch.randn(x0.shape, generator=generator)
-        return F.cross_entropy(classifier(x0 + sigma[:, None, None, None] * noise, sigma).logits, labels)
+        noisy, sigma, _ = perturb_log_uniform(x0, sigma_min, sigma_max, generator)
+        return F.cross_entropy(classifier(noisy, sigma).logits, labels)
 
     return loss_of
 
