@@ -268,14 +268,28 @@ def load_images(
 # ---- writing ---------------------------------------------------------------------------------------------------------
 
 
-def image_grid(images: Sequence[PIL.Image.Image], columns: int | None = None) -> PIL.Image.Image:
-    """`images` (all one size) row by row, `columns` wide (near-square by default); empty cells stay black."""
+def image_grid(
+    images: Sequence[PIL.Image.Image], columns: int | None = None, min_width: int = 0, gutter: int = 0
+) -> PIL.Image.Image:
+    """`images` (all one size) row by row, `columns` wide (near-square by default), on a gray background.
+
+    Each image is upscaled by the smallest whole factor (nearest neighbour) that makes the grid at least `min_width`
+    pixels wide, and images are `gutter` pixels apart and from the border. Empty cells stay black.
+    """
     columns = columns or math.ceil(math.sqrt(len(images)))
     rows = math.ceil(len(images) / columns)
     width, height = images[0].size
-    grid = PIL.Image.new(images[0].mode, (columns * width, rows * height))
-    for index, image in enumerate(images):
-        grid.paste(image, ((index % columns) * width, (index // columns) * height))
+    scale = max(1, math.ceil(min_width / (columns * width)))
+    tile_width, tile_height = width * scale, height * scale
+    grid = PIL.Image.new(
+        images[0].mode, (columns * (tile_width + gutter) + gutter, rows * (tile_height + gutter) + gutter), "gray"
+    )
+    for index in range(rows * columns):
+        row, column = divmod(index, columns)
+        tile = images[index] if index < len(images) else PIL.Image.new(images[0].mode, (width, height))
+        if scale > 1:
+            tile = tile.resize((tile_width, tile_height), PIL.Image.Resampling.NEAREST)
+        grid.paste(tile, (gutter + column * (tile_width + gutter), gutter + row * (tile_height + gutter)))
     return grid
 
 

@@ -303,12 +303,14 @@ class ScoreSchedulerCommonTest:
             scheduler.step(torch.zeros(BATCH_SIZE, DATA_DIM - 1), scheduler.timesteps[0], sample)
 
     @pytest.mark.parametrize("bad_value", [math.nan, math.inf, -math.inf], ids=["nan", "inf", "-inf"])
-    def test_non_finite_model_output_mid_sampling(self, config, mixture, bad_value: float):
+    @pytest.mark.parametrize("offset", [0, 1], ids=["middle", "after_middle"])
+    def test_non_finite_model_output_mid_sampling(self, config, mixture, bad_value: float, offset: int):
+        # Two neighbouring entries: a corrector and a predictor step for the predictor-corrector scheduler.
         scheduler = self.make(config)
         scheduler.set_timesteps(NUM_INFERENCE_STEPS)
         model = ExactScoreModel(mixture, scheduler)
         sample = prior_sample(scheduler, FLAT_SHAPE, make_generator(0))
-        middle = len(scheduler.timesteps) // 2
+        middle = len(scheduler.timesteps) // 2 + offset
         for timestep in scheduler.timesteps[:middle]:
             sample = scheduler.step(model(sample, timestep), timestep, sample).prev_sample
         model_output = model(sample, scheduler.timesteps[middle])

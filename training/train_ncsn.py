@@ -69,7 +69,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=True,
         help="End sampling with the Tweedie denoising step (NCSNv2).",
     )
-    parser.set_defaults(num_epochs=20, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50)
+    parser.set_defaults(num_epochs=common.SCORE_MODEL_DEFAULT_EPOCHS, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50)
     args = common.parse_args(parser, argv)
     if not 0 < args.sigma_min < (args.sigma_max or math.inf):
         raise common.UsageError(f"need 0 < --sigma_min < --sigma_max; got {args.sigma_min} and {args.sigma_max}.")

@@ -87,7 +87,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sample.add_argument(
         "--num_inference_steps", type=int, default=None, help="Sampler steps for the sample grids (pc: 100, pf: 30)."
     )
-    parser.set_defaults(num_epochs=20, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50)
+    parser.set_defaults(num_epochs=common.SCORE_MODEL_DEFAULT_EPOCHS, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50)
     args = common.parse_args(parser, argv)
     if args.importance_sampling and args.weighting != "likelihood":
         raise common.UsageError("--importance_sampling needs --weighting likelihood.")

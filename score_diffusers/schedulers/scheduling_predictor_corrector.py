@@ -163,29 +163,34 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         Returns:
             `ScoreSchedulerOutput`, or the tuple `(prev_sample, prev_sample_mean, pred_original_sample)`.
         """
-        index = self._begin_step(model_output, timestep, sample)
+        index = self._begin_step(model_output, timestep, sample, check_finite=False)
         i, position = divmod(index, self.evaluations_per_time)
         alpha, sigma = self._alphas[i], self._sigmas[i]
         score = self._score(model_output, sigma)
-        pred_original = self._denoised(sample, score, alpha, sigma)
         if position < self.evaluations_per_time - 1:
-            prev_sample, prev_mean = self._langevin_correct(sample, score, i, generator)
+            # Checks the output for NaN and inf through the norms it computes anyway.
+            prev_sample, prev_mean = self._langevin_correct(sample, score, index, generator)
         else:
+            self._check_finite(model_output, index)
             prev_sample, prev_mean = self._predict(sample, score, i, generator)
+        pred_original = self._denoised(sample, score, alpha, sigma)
         if not return_dict:
             return prev_sample, prev_mean, pred_original
         return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
 
     def _langevin_correct(
-        self, sample: torch.Tensor, score: torch.Tensor, i: int, generator
+        self, sample: torch.Tensor, score: torch.Tensor, index: int, generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Langevin step η = 2·α_i·(snr·‖z‖/‖score‖)² at entry `index` of `timesteps`."""
         noise = self._noise_like(sample, generator)
         score_norm = score.reshape(score.shape[0], -1).norm(dim=1)
+        self._check_finite(score_norm, index)
         noise_norm = noise.reshape(noise.shape[0], -1).norm(dim=1)
         if self.config.corrector_norm == "batch":
             score_norm, noise_norm = score_norm.mean(), noise_norm.mean()
         ratio = noise_norm / score_norm.clamp_min(_MIN_SCORE_NORM)
-        step_size = append_dims(2 * self._corrector_alphas[i] * (self.config.snr * ratio) ** 2, sample.ndim)
+        corrector_alpha = self._corrector_alphas[index // self.evaluations_per_time]
+        step_size = append_dims(2 * corrector_alpha * (self.config.snr * ratio) ** 2, sample.ndim)
         return self._langevin_update(sample, score, step_size, noise)
 
     def _predict(self, sample: torch.Tensor, score: torch.Tensor, i: int, generator) -> tuple[torch.Tensor, torch.Tensor]:

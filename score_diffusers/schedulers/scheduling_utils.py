@@ -214,8 +214,14 @@ class ScoreSchedulerMixin(SchedulerMixin):
         self._timestep_values = self.timesteps.tolist()
         self._step_index = 0
 
-    def _begin_step(self, model_output: torch.Tensor, timestep: torch.Tensor | float, sample: torch.Tensor) -> int:
-        """Validate one `step` call and return its index into `timesteps`, advancing the counter."""
+    def _begin_step(
+        self, model_output: torch.Tensor, timestep: torch.Tensor | float, sample: torch.Tensor, check_finite: bool = True
+    ) -> int:
+        """Validate one `step` call and return its index into `timesteps`, advancing the counter.
+
+        With `check_finite=False` the caller checks the model output itself, with `_check_finite` on a reduction of
+        it that the step computes anyway.
+        """
         if self.timesteps is None:
             raise ValueError(f"Call `{type(self).__name__}.set_timesteps(num_inference_steps)` before `step`.")
         index = self._step_index
@@ -235,13 +241,19 @@ class ScoreSchedulerMixin(SchedulerMixin):
                 f"`timestep`={given} is not the next entry of `scheduler.timesteps` (index {index}: {expected}); "
                 "step through `timesteps` in order, one call per entry."
             )
-        # One reduction finds any NaN or inf (they propagate into the sum) at a tenth of isfinite().all()'s cost.
-        if not bool(torch.isfinite(model_output.sum(dtype=torch.float32))):
-            raise ValueError(
-                f"`model_output` holds NaN or infinite values at step {index} (timestep {expected}); sampling stopped."
-            )
+        if check_finite:
+            self._check_finite(model_output, index)
         self._step_index = index + 1
         return index
+
+    def _check_finite(self, values: torch.Tensor, index: int) -> None:
+        """Stop sampling at entry `index` of `timesteps` if `values` (the model output, or norms of it) hold NaN or
+        inf, found through one sum (they propagate into it) at a tenth of `isfinite().all()`'s cost."""
+        if not bool(torch.isfinite(values.sum(dtype=torch.float32))):
+            raise ValueError(
+                f"`model_output` holds NaN or infinite values at step {index} "
+                f"(timestep {self._timestep_values[index]}); sampling stopped."
+            )
 
     @staticmethod
     def _noise_like(sample: torch.Tensor, generator: torch.Generator | list[torch.Generator] | None) -> torch.Tensor:
