@@ -186,11 +186,14 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         score_norm = score.reshape(score.shape[0], -1).norm(dim=1)
         self._check_finite(score_norm, index)
         noise_norm = noise.reshape(noise.shape[0], -1).norm(dim=1)
-        if self.config.corrector_norm == "batch":
-            score_norm, noise_norm = score_norm.mean(), noise_norm.mean()
-        ratio = noise_norm / score_norm.clamp_min(_MIN_SCORE_NORM)
         corrector_alpha = self._corrector_alphas[index // self.evaluations_per_time]
-        step_size = append_dims(2 * corrector_alpha * (self.config.snr * ratio) ** 2, sample.ndim)
+        if self.config.corrector_norm == "batch":
+            # One step size for the batch, as a Python float: the update is then two fused scalar axpy passes.
+            ratio = float(noise_norm.mean()) / max(float(score_norm.mean()), _MIN_SCORE_NORM)
+            step_size = 2 * corrector_alpha * (self.config.snr * ratio) ** 2
+        else:
+            ratio = noise_norm / score_norm.clamp_min(_MIN_SCORE_NORM)
+            step_size = append_dims(2 * corrector_alpha * (self.config.snr * ratio) ** 2, sample.ndim)
         return self._langevin_update(sample, score, step_size, noise)
 
     def _predict(self, sample: torch.Tensor, score: torch.Tensor, i: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
