@@ -75,38 +75,40 @@ class GaussianMixture:
         return self.means[labels] + self.stds[labels, None] * noise, labels
 
     def _component_log_probs(
-        self, x: torch.Tensor, alpha: torch.Tensor, sigma: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """log(w_k N(x; α μ_k, v_k I)) of shape `(batch, K)`, the differences x − αμ_k and the variances v_k."""
+        self, x: torch.Tensor, alpha: torch.Tensor | float, sigma: torch.Tensor | float
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """log(w_k N(x; α μ_k, v_k I)) of shape `(batch, K)`, with x flattened to float64 `(batch, dim)`, α as
+        `(batch or 1, 1)` and the variances v_k = α²s_k² + σ² as `(batch or 1, K)`."""
         flat = x.reshape(x.shape[0], -1).to(torch.float64)
         alpha = append_dims(torch.as_tensor(alpha, dtype=torch.float64, device=flat.device), 2)
         sigma = append_dims(torch.as_tensor(sigma, dtype=torch.float64, device=flat.device), 2)
-        variances = alpha**2 * self.stds.to(flat.device) ** 2 + sigma**2  # (batch or 1, K)
-        differences = flat[:, None, :] - alpha[..., None] * self.means.to(flat.device)  # (batch, K, dim)
-        squared = differences.pow(2).sum(-1)
+        means = self.means.to(flat.device)
+        variances = alpha**2 * self.stds.to(flat.device) ** 2 + sigma**2
+        # ‖x − αμ_k‖² = ‖x‖² − 2α xᵀμ_k + α²‖μ_k‖², with matrix products rather than a (batch, K, dim) tensor.
+        squared = flat.square().sum(1, keepdim=True) - 2 * alpha * (flat @ means.T) + alpha**2 * means.square().sum(1)
         log_probs = (
             self.weights.to(flat.device).log()
             - 0.5 * self.dim * torch.log(2 * math.pi * variances)
-            - 0.5 * squared / variances
+            - 0.5 * squared.clamp_min(0) / variances
         )
-        return log_probs, differences, variances
+        return log_probs, flat, alpha, variances
 
     def log_prob(self, x: torch.Tensor, alpha: torch.Tensor | float = 1.0, sigma: torch.Tensor | float = 0.0) -> torch.Tensor:
         """log p_t(x) per sample (float64, shape `(batch,)`) for x_t = α x_0 + σ z; defaults give the data density."""
-        log_probs, _, _ = self._component_log_probs(x, alpha, sigma)
+        log_probs = self._component_log_probs(x, alpha, sigma)[0]
         return torch.logsumexp(log_probs, dim=1)
 
     def score(self, x: torch.Tensor, alpha: torch.Tensor | float, sigma: torch.Tensor | float) -> torch.Tensor:
-        """∇ₓ log p_t(x) = −Σ_k r_k (x − αμ_k)/v_k, with responsibilities r_k; shape and dtype of `x`."""
-        log_probs, differences, variances = self._component_log_probs(x, alpha, sigma)
-        responsibilities = torch.softmax(log_probs, dim=1)
-        score = -(responsibilities[..., None] * differences / variances[..., None]).sum(1)
+        """∇ₓ log p_t(x) = −Σ_k r_k (x − αμ_k)/v_k = α Σ_k (r_k/v_k) μ_k − x Σ_k r_k/v_k, with responsibilities r_k;
+        shape and dtype of `x`."""
+        log_probs, flat, alpha, variances = self._component_log_probs(x, alpha, sigma)
+        weights = torch.softmax(log_probs, dim=1) / variances
+        score = alpha * (weights @ self.means.to(flat.device)) - weights.sum(1, keepdim=True) * flat
         return score.reshape(x.shape).to(x.dtype)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """The most probable component of each sample under p_0, shape `(batch,)`."""
-        log_probs, _, _ = self._component_log_probs(x, 1.0, 0.0)
-        return log_probs.argmax(dim=1)
+        return self._component_log_probs(x, 1.0, 0.0)[0].argmax(dim=1)
 
 
 class ExactScoreModel:
