@@ -424,3 +424,54 @@ def test_image_folder_data_follow_the_images(tmp_path):
         load_script("train_ncsn").main(
             ["--output_dir", str(tmp_path / "out"), "--train_data_dir", str(tmp_path / "empty")]
         )
+
+
+def test_dataset_name_reads_a_dataset_with_its_columns(tmp_path):
+    """`--dataset_name` goes through `datasets.load_dataset`, here on a local folder of Parquet files laid out as a Hub
+    dataset repository is (train and test splits), with the image and label columns named by flags."""
+    import datasets
+    import numpy as np
+    from PIL import Image
+
+    images = [Image.fromarray(np.full((12, 12), 40 * index, dtype=np.uint8)) for index in range(5)]
+    features = datasets.Features({"picture": datasets.Image(), "digit": datasets.ClassLabel(num_classes=3)})
+    repository = tmp_path / "repo" / "data"
+    repository.mkdir(parents=True)
+    for split, keep in (("train", slice(0, 4)), ("test", slice(4, 5))):
+        rows = {"picture": images[keep], "digit": [0, 1, 2, 1, 0][keep]}
+        datasets.Dataset.from_dict(rows, features=features).to_parquet(repository / f"{split}-00000-of-00001.parquet")
+    common = load_script("train_ncsn").common
+    parser = common.build_parser("test")
+    common.add_unet_arguments(parser)
+    argv = ["--output_dir", str(tmp_path / "out"), "--dataset_name", str(tmp_path / "repo"), "--resolution", "8"]
+    argv += ["--block_out_channels", "8", "16", "--image_column", "picture", "--label_column", "digit"]
+    argv += ["--cache_dir", str(tmp_path / "cache")]
+    args = common.parse_args(parser, argv)
+
+    data = common.prepare_training_data(args, args.block_out_channels)
+    batch = data.__getitems__([0, 3])
+    assert (len(data), data.num_channels, data.resolution, data.num_classes) == (4, 1, 8, 3)
+    assert batch["labels"].tolist() == [0, 1]
+    # Pixel value 40·i maps to 2·40i/255 − 1.
+    torch.testing.assert_close(batch["images"][:, 0, 0, 0], torch.tensor([-1.0, 2 * 120 / 255 - 1]))
+    assert len(common.load_image_data(args, split="test")) == 1
+
+    args.image_column = "pixels"
+    with pytest.raises(SystemExit, match="no column 'pixels'"):
+        common.prepare_training_data(args, args.block_out_channels)
+
+
+def test_score_sde_ve_epsilon_in_bf16_mixed_precision(tmp_path):
+    """ε-prediction on VE, trained under bf16 autocast (Accelerate's CPU mixed precision): the saved pipeline
+    predicts ε and samples finite images."""
+    output_dir = tmp_path / "ve"
+    launch_args = [*TINY, "--sde", "ve", "--prediction_type", "epsilon", "--max_train_steps", "2"]
+    launch_args += ["--num_inference_steps", "2", "--mixed_precision", "bf16", "--output_dir", str(output_dir)]
+    log = check_ok(launch("train_score_sde.py", launch_args))
+    assert "Mixed precision type: bf16" in log
+
+    pipe = ScoreGuidedPipeline.from_pretrained(output_dir)
+    assert (pipe.scheduler.config.sde_type, pipe.scheduler.config.prediction_type) == ("ve", "epsilon")
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, num_inference_steps=3, generator=torch.Generator().manual_seed(0), output_type="pt")
+    assert images.images.shape == (2, 1, 8, 8) and bool(torch.isfinite(images.images).all())
