@@ -50,6 +50,10 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ti
 # PIL mode that gives an image the unet's number of channels.
 PIL_MODES: dict[int, str] = {1: "L", 3: "RGB"}
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+# Grids are upscaled (nearest) to at least this width so small images stay visible, with this many gray pixels
+# between images.
+GRID_MIN_WIDTH = 256
+GRID_GUTTER = 2
 # What is not an existing path is tried on the Hub only when it reads like a repository id, "owner/name".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -269,7 +273,10 @@ def load_images(
 
 
 def image_grid(
-    images: Sequence[PIL.Image.Image], columns: int | None = None, min_width: int = 0, gutter: int = 0
+    images: Sequence[PIL.Image.Image],
+    columns: int | None = None,
+    min_width: int = GRID_MIN_WIDTH,
+    gutter: int = GRID_GUTTER,
 ) -> PIL.Image.Image:
     """`images` (all one size) row by row, `columns` wide (near-square by default), on a gray background.
 
@@ -497,7 +504,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--guidance_scale", type=float, default=0.0, help="classifier-guidance weight w >= 0")
     sample.add_argument("--classifier", default=None, metavar="FOLDER",
                         help="NoiseConditionalClassifier or transformers image-classifier folder (or Hub id)")
-    sample.add_argument("--grid", default=None, metavar="PATH", help="write all images as one PNG grid here")
+    sample.add_argument("--grid", default=None, metavar="PATH",
+                        help=f"write all images as one PNG grid here (upscaled to at least {GRID_MIN_WIDTH} px wide)")
     sample.add_argument("--grid_columns", type=_positive_int, default=None, help="grid width (default: near-square)")
     sample.add_argument("--output_dir", default=None, metavar="DIR", help="write 0000.png, 0001.png, ... here")
     _add_common_arguments(sample, "image i uses seed + i")

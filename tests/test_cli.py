@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import runpy
 import stat
 import sys
@@ -14,7 +15,7 @@ import pytest
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from conftest import tiny_unet
-from score_diffusers.cli import SCHEDULERS, main
+from score_diffusers.cli import GRID_GUTTER, GRID_MIN_WIDTH, SCHEDULERS, main
 
 IMAGE_SIZE = 8
 NUM_TRAIN_TIMESTEPS = 100
@@ -126,8 +127,10 @@ def test_sample_writes_a_grid_and_individual_images(
     assert expected_class in capsys.readouterr().out
 
     with PIL.Image.open(grid) as image:
-        # Three images in a near-square grid: 2 columns × 2 rows.
-        assert image.size == (2 * IMAGE_SIZE, 2 * IMAGE_SIZE) and image.mode == "L"
+        # Three images in a near-square grid, 2 columns × 2 rows, upscaled to at least GRID_MIN_WIDTH with gutters.
+        scale = math.ceil(GRID_MIN_WIDTH / (2 * IMAGE_SIZE))
+        side = 2 * (IMAGE_SIZE * scale + GRID_GUTTER) + GRID_GUTTER
+        assert image.size == (side, side) and image.mode == "L"
     names = sorted(path.name for path in output_dir.iterdir())
     assert names == ["0000.png", "0001.png", "0002.png"]
     for name in names:

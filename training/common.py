@@ -53,10 +53,6 @@ SCORE_MODEL_DEFAULT_EPOCHS = 130
 MAX_IMAGES_FOR_PAIRWISE_DISTANCE = 4096
 # Multipliers that decorrelate the per-(step, micro-batch, process) seeds of the loss generator.
 _SEED_STRIDES = (1_000_003, 1_009, 7_919)
-# Sample grids are upscaled (nearest) to at least this width so small images stay visible, with this many pixels
-# of gray between images.
-_MIN_GRID_WIDTH = 256
-_GRID_GUTTER = 2
 
 
 class UsageError(SystemExit):
@@ -756,7 +752,7 @@ def save_sample_grid(
         model.eval()
         with torch.no_grad():
             images = grid_fn(model, args.num_grid_images)
-        grid = image_grid(images, min_width=_MIN_GRID_WIDTH, gutter=_GRID_GUTTER)
+        grid = image_grid(images)
         path.parent.mkdir(parents=True, exist_ok=True)
         grid.save(path)
         logger.info(f"Saved sample grid {path}")
