@@ -118,6 +118,11 @@ SCHEDULERS: dict[str, SchedulerRecipe | None] = {
         {"solver": "euler"},
         "probability-flow ODE, Euler steps (DDIM with eta = 0): 1 evaluation a step",
     ),
+    "pf-dpmpp-2m": SchedulerRecipe(
+        ProbabilityFlowScheduler,
+        {"solver": "dpmpp_2m"},
+        "probability-flow ODE, DPM-Solver++(2M) multistep: second order, 1 evaluation a step",
+    ),
     "annealed-langevin": SchedulerRecipe(
         AnnealedLangevinScheduler,
         {},

@@ -8,11 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import DATA_DIM, make_generator, sample_with_seed
+from conftest import DATA_DIM, make_generator, run_loop, sample_with_seed
 from diffusers import DDPMScheduler
 
 from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
 from score_diffusers.analytic import (
+    ExactScoreModel,
     GaussianMixture,
     component_spreads,
     log_density_gap,
@@ -111,6 +112,14 @@ SAMPLERS = {
     ),
     "pf_subvp_heun_uniform": (lambda: ProbabilityFlowScheduler(sde_type="subvp", time_spacing="uniform"), 30),
     "pf_ddpm_linear_heun": (lambda: ProbabilityFlowScheduler.from_config(ddpm("linear")), 30),
+    "pf_ve_dpmpp_2m": (lambda: ProbabilityFlowScheduler(solver="dpmpp_2m"), 30),
+    # Karras spacing from the cosine table's huge σ̄_max is too coarse at 30 points for every solver; log σ̄ is not.
+    "pf_ddpm_cosine_dpmpp_2m": (
+        lambda: ProbabilityFlowScheduler.from_config(
+            ddpm("squaredcos_cap_v2"), solver="dpmpp_2m", time_spacing="log_sigma"
+        ),
+        30,
+    ),
 }
 
 
@@ -145,3 +154,25 @@ def test_the_metrics_reject_a_wrong_sampler(mixture: GaussianMixture, noise_floo
     collapsed = mixture.means[labels]
     collapsed_w2 = sliced_wasserstein(collapsed, noise_floor.reference, generator=projection_generator())
     assert collapsed_w2 > W2_MARGIN * noise_floor.worst_sliced_w2
+
+
+def probability_flow_error(solver: str, num_inference_steps: int) -> float:
+    """Max error of the probability-flow sampler on N(μ, s²I) under VE, where the ODE carries x_T to
+    μ + (x_T − μ)·s/√(s² + σ_T²) exactly (σ_min = 1e-4 makes the last step's own error negligible)."""
+    mean, std = 1.5, 0.5
+    mixture = GaussianMixture(torch.full((1, 4), mean, dtype=torch.float64), std)
+    scheduler = ProbabilityFlowScheduler(solver=solver, sigma_min=1e-4, time_spacing="log_sigma")
+    sigma_T = scheduler.init_noise_sigma
+    x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sigma_T
+    sample = run_loop(scheduler, ExactScoreModel(mixture, scheduler), x_T, num_inference_steps)
+    exact = mean + (x_T - mean) * std / (std**2 + sigma_T**2) ** 0.5
+    return float((sample - exact).abs().max())
+
+
+def test_probability_flow_solvers_converge_at_their_order():
+    euler = [probability_flow_error("euler", n) for n in (40, 80)]
+    multistep = [probability_flow_error("dpmpp_2m", n) for n in (40, 80)]
+    assert 1.8 < euler[0] / euler[1] < 2.2, euler
+    assert multistep[0] / multistep[1] > 3.5, multistep
+    # At equal model evaluations (40 and 39) DPM-Solver++(2M) is far closer than Heun.
+    assert multistep[0] < probability_flow_error("heun", 20) / 5

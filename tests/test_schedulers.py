@@ -397,10 +397,12 @@ class TestProbabilityFlowScheduler(ScoreSchedulerCommonTest):
         {"sde_type": "vp", "solver": "euler", "time_spacing": "log_sigma", "timestep_type": "sigma"},
         {"sde_type": "subvp", "time_spacing": "uniform", "timestep_type": "sigma"},
         {"sde_type": "subvp", "solver": "euler", "beta_schedule": "scaled_linear", "prediction_type": "epsilon"},
+        {"solver": "dpmpp_2m"},
+        {"sde_type": "vp", "solver": "dpmpp_2m", "prediction_type": "epsilon", "timestep_type": "discrete"},
     ]
 
     def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:
-        return num_inference_steps if scheduler.config.solver == "euler" else 2 * num_inference_steps - 1
+        return 2 * num_inference_steps - 1 if scheduler.config.solver == "heun" else num_inference_steps
 
 
 def test_every_score_scheduler_runs_the_common_tests():

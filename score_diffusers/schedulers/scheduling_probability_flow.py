@@ -3,6 +3,7 @@ integrated in the scale-free variables of Karras et al. (2022, https://arxiv.org
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -22,29 +23,33 @@ from .scheduling_utils import (
     check_positive_int,
 )
 
-Solver = Literal["euler", "heun"]
+Solver = Literal["euler", "heun", "dpmpp_2m"]
 TimeSpacing = Literal["uniform", "log_sigma", "karras"]
-SOLVERS: tuple[str, ...] = ("euler", "heun")
+SOLVERS: tuple[str, ...] = ("euler", "heun", "dpmpp_2m")
 TIME_SPACINGS: tuple[str, ...] = ("uniform", "log_sigma", "karras")
 # ρ of Karras et al.'s noise-level spacing σ_i = (σ_max^{1/ρ} + i/(n−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
 KARRAS_RHO = 7.0
 
 
 class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
-    """Probability-flow ODE sampler for VE, VP and sub-VP SDEs, with Euler or Heun steps.
+    """Probability-flow ODE sampler for VE, VP and sub-VP SDEs, with Euler, Heun or DPM-Solver++(2M) steps.
 
     The ODE dx/dt = f(t)x − ½g(t)²∇log p_t(x) has the SDE's marginals. With x̄ = x/α_t and σ̄ = σ_t/α_t it
     becomes dx̄/dσ̄ = (x̄ − x̂₀)/σ̄, x̂₀ = (x + σ_t²·score)/α_t the Tweedie estimate, which the solvers integrate:
-    Euler there is DDIM (η = 0), Heun is Karras et al.'s second-order sampler. The grid 1 = t_0 > … > t_{n−1} = ε
-    is followed by a last Euler step to σ̄ = 0, which returns x̂₀.
+    Euler there is DDIM (η = 0), Heun is Karras et al.'s second-order sampler. `"dpmpp_2m"` is the second-order
+    multistep DPM-Solver++(2M) of Lu et al. (2022, https://arxiv.org/abs/2211.01095): the Euler step with x̂₀_i
+    replaced by x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r_i), where r_i = h_{i−1}/h_i and h_i = log(σ̄_i/σ̄_{i+1}); its first
+    step has no history and stays Euler. The grid 1 = t_0 > … > t_{n−1} = ε is followed by a last Euler step to
+    σ̄ = 0, which returns x̂₀.
 
-    Model evaluations: n for `"euler"`; 2n − 1 for `"heun"` (two per interval, one for the last step), laid out
-    in `timesteps` as t_0, t_1, t_1, t_2, t_2, …, t_{n−1}, t_{n−1} like Diffusers' `HeunDiscreteScheduler`.
+    Model evaluations: n for `"euler"` and `"dpmpp_2m"`; 2n − 1 for `"heun"` (two per interval, one for the last
+    step), laid out in `timesteps` as t_0, t_1, t_1, t_2, t_2, …, t_{n−1}, t_{n−1} like Diffusers'
+    `HeunDiscreteScheduler`.
 
     Args:
         num_train_timesteps (`int`, defaults to 1000): N, the `"discrete"` timestep scale.
         sde_type (`str`, defaults to `"ve"`): `"ve"`, `"vp"` or `"subvp"`.
-        solver (`str`, defaults to `"heun"`): `"euler"` or `"heun"`.
+        solver (`str`, defaults to `"heun"`): `"euler"`, `"heun"` or `"dpmpp_2m"`.
         time_spacing (`str`, defaults to `"karras"`): the grid in t: `"uniform"` in t, `"log_sigma"` uniform in
             log σ̄, or `"karras"` (σ̄ spaced with ρ = 7).
         sigma_min, sigma_max, beta_min, beta_max, beta_schedule, beta_start, beta_end, trained_betas,
@@ -95,7 +100,7 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         """Set the grid of `num_inference_steps` time points and reset the step state.
 
         Args:
-            num_inference_steps (`int`): number n of time points; n model calls for Euler, 2n − 1 for Heun.
+            num_inference_steps (`int`): number n of time points; 2n − 1 model calls for Heun, n otherwise.
             device (`str` or `torch.device`, *optional*): where `timesteps` live.
         """
         check_positive_int("num_inference_steps", num_inference_steps)
@@ -114,6 +119,7 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
             self._plan = [("euler", i) for i in range(num_inference_steps)]
             points = list(range(num_inference_steps))
         self._heun_state: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._previous_denoised: torch.Tensor | None = None
         model_timesteps = self.timestep_for_time(times)[torch.tensor(points)]
         self._reset_timesteps(model_timesteps, num_inference_steps, device)
 
@@ -144,8 +150,9 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         score = self._score(model_output, sigma)
         pred_original = self._denoised(sample, score, alpha, sigma)
         scaled = sample if alpha == 1 else sample / alpha
+        target = self._multistep_denoised(pred_original, i) if self.config.solver == "dpmpp_2m" else pred_original
         # dx̄/dσ̄ = (x̄ − x̂₀)/σ̄ at this evaluation.
-        derivative = torch.sub(scaled, pred_original).div_(self._ratios[point])
+        derivative = torch.sub(scaled, target).div_(self._ratios[point])
         step = self._ratios[i + 1] - self._ratios[i]
         if kind == "correct":
             scaled_start, start_derivative = self._heun_state
@@ -160,3 +167,13 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         if not return_dict:
             return prev_sample, prev_sample, pred_original
         return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample, pred_original_sample=pred_original)
+
+    def _multistep_denoised(self, denoised: torch.Tensor, i: int) -> torch.Tensor:
+        """DPM-Solver++(2M)'s x̂₀ for the step from point i: x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r_i), r_i = h_{i−1}/h_i;
+        x̂₀_i itself on the first step and on the last one (to σ̄ = 0, where h_i is infinite)."""
+        previous, self._previous_denoised = self._previous_denoised, denoised
+        if previous is None or self._ratios[i + 1] == 0:
+            return denoised
+        ratios = self._ratios
+        step_ratio = math.log(ratios[i - 1] / ratios[i]) / math.log(ratios[i] / ratios[i + 1])
+        return torch.add(denoised, denoised - previous, alpha=1 / (2 * step_ratio))
