@@ -171,7 +171,10 @@ def vp_schedulers(ddpm_config) -> dict[str, tuple[object, int]]:
         "PC ancestral, no corrector": (
             PredictorCorrectorScheduler.from_config(ddpm_config, predictor="ancestral", corrector="none"), 100
         ),
-        "PC reverse_diffusion + Langevin (snr 0.16)": (PredictorCorrectorScheduler.from_config(ddpm_config), 50),
+        "PC reverse_diffusion + Langevin (snr 0.16)": (
+            PredictorCorrectorScheduler.from_config(ddpm_config, predictor="reverse_diffusion"),
+            50,
+        ),
     }
 
 

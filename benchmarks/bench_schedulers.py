@@ -249,7 +249,12 @@ def step_overhead(repeats: int) -> None:
         return call
 
     pc_correct = fresh(PredictorCorrectorScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX), 10)
-    pc_predict = fresh(PredictorCorrectorScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, corrector="none"), 10)
+    pc_predict = fresh(
+        PredictorCorrectorScheduler(
+            sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, predictor="reverse_diffusion", corrector="none"
+        ),
+        10,
+    )
     pf_euler = fresh(ProbabilityFlowScheduler(solver="euler"), 10)
     ddim = DDIMScheduler()
     ddim.set_timesteps(10)
