@@ -93,6 +93,21 @@ def sample_score_sde_ve(mixture: GaussianMixture, num_steps: int, shape, generat
     return sample_mean, model.calls
 
 
+def sample_from_exact_prior(scheduler, mixture, num_steps, shape, generator) -> tuple[torch.Tensor, int]:
+    """The plain loop started from the true p_T (the mixture perturbed to t = 1) instead of the prior N(0, σ_max²I):
+    separates a sampler's own error from the prior's mismatch."""
+    model = ExactScoreModel(mixture, scheduler)
+    scheduler.set_timesteps(num_steps)
+    clean, _ = mixture.sample(shape[0], generator=generator)
+    one = torch.tensor(1.0, dtype=torch.float64)
+    sde = scheduler.sde
+    noise = torch.randn(shape, generator=generator, dtype=torch.float64)
+    sample = (sde.mean_coeff(one) * clean + sde.marginal_std(one) * noise).float()
+    for timestep in scheduler.timesteps:
+        sample = scheduler.step(model(sample, timestep), timestep, sample, generator=generator).prev_sample
+    return sample, model.calls
+
+
 def sample_with(scheduler, mixture, num_steps, shape, generator, model_scheduler=None) -> tuple[torch.Tensor, int]:
     """The plain Diffusers loop; `model_scheduler` decides the exact model's conventions (default: `scheduler`)."""
     model = ExactScoreModel(mixture, model_scheduler or scheduler)
@@ -144,6 +159,8 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
         ("VE", "PC reverse diffusion + Langevin", ours(lambda: pc(predictor="reverse_diffusion")), [100]),
         ("VE", "PF DPM-Solver++(2M) (karras)", ours(lambda: pf(solver="dpmpp_2m")), [25, 50]),
         ("VE", "PF Heun (karras)", ours(pf), [25, 50]),
+        ("VE", "PF DPM-Solver++(2M), x_T from the true p_T (diagnostic)",
+         lambda steps, gen: sample_from_exact_prior(pf(solver="dpmpp_2m"), mixture, steps, shape, gen), [50]),
         ("VE", "Annealed Langevin", lambda steps, gen: sample_with(annealed_langevin(steps), mixture, steps, shape, gen), [100, 199]),
         ("VE", "Diffusers ScoreSdeVe PC", lambda steps, gen: sample_score_sde_ve(mixture, steps, shape, gen), [100, 1000]),
         ("VP", "PF DPM-Solver++(2M) (karras)", ours_on_ddpm(ProbabilityFlowScheduler, solver="dpmpp_2m"), [25, 50]),
