@@ -37,6 +37,7 @@ from diffusers import UNet2DModel
 
 from score_diffusers import AnnealedLangevinScheduler, NoiseConditionalClassifier, ScoreGuidedPipeline
 from score_diffusers.datasets import load_digits_images
+from training.common import DIGITS_DEFAULT_RESOLUTION
 
 try:
     from machine import machine_description
@@ -192,7 +193,8 @@ def main() -> None:
         "1",
     ]
     rows = []
-    images, labels = load_digits_images(resolution=16, split="train")
+    # The scripts' own default data: the digits at DIGITS_DEFAULT_RESOLUTION.
+    images, labels = load_digits_images(resolution=DIGITS_DEFAULT_RESOLUTION, split="train")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
         ncsn_dir = scratch / "ncsn"
