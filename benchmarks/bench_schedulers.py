@@ -26,7 +26,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ScoreSdeVeScheduler
 
 from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
-from score_diffusers.analytic import ExactScoreModel, GaussianMixture, quality_report, run_sampler
+from score_diffusers.analytic import ExactScoreModel, GaussianMixture, quality_report, run_loop, run_sampler
 
 try:
     from machine import machine_description
@@ -97,15 +97,11 @@ def sample_from_exact_prior(scheduler, mixture, num_steps, shape, generator) -> 
     """The plain loop started from the true p_T (the mixture perturbed to t = 1) instead of the prior N(0, σ_max²I):
     separates a sampler's own error from the prior's mismatch."""
     model = ExactScoreModel(mixture, scheduler)
-    scheduler.set_timesteps(num_steps)
     clean, _ = mixture.sample(shape[0], generator=generator)
     one = torch.tensor(1.0, dtype=torch.float64)
-    sde = scheduler.sde
     noise = torch.randn(shape, generator=generator, dtype=torch.float64)
-    sample = (sde.mean_coeff(one) * clean + sde.marginal_std(one) * noise).float()
-    for timestep in scheduler.timesteps:
-        sample = scheduler.step(model(sample, timestep), timestep, sample, generator=generator).prev_sample
-    return sample, model.calls
+    x_T = (scheduler.sde.mean_coeff(one) * clean + scheduler.sde.marginal_std(one) * noise).float()
+    return run_loop(scheduler, model, x_T, num_steps, generator), model.calls
 
 
 def sample_with(scheduler, mixture, num_steps, shape, generator, model_scheduler=None) -> tuple[torch.Tensor, int]:

@@ -209,6 +209,22 @@ def quality_report(
     }
 
 
+def run_loop(
+    scheduler,
+    model,
+    sample: torch.Tensor,
+    num_inference_steps: int,
+    generator: torch.Generator | list[torch.Generator] | None = None,
+) -> torch.Tensor:
+    """The plain Diffusers sampling loop of DESIGN.md §3 from a given x_T `sample`, with a callable
+    `model(x, timestep) -> tensor`; returns the final sample."""
+    scheduler.set_timesteps(num_inference_steps)
+    for timestep in scheduler.timesteps:
+        model_output = model(scheduler.scale_model_input(sample, timestep), timestep)
+        sample = scheduler.step(model_output, timestep, sample, generator=generator).prev_sample
+    return sample
+
+
 def run_sampler(
     scheduler,
     model,
@@ -217,10 +233,6 @@ def run_sampler(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """The plain Diffusers sampling loop of DESIGN.md §3 with a callable `model(x, timestep) -> tensor`."""
-    scheduler.set_timesteps(num_inference_steps)
+    """`run_loop` from the prior, x_T = standard normal noise × `scheduler.init_noise_sigma`."""
     sample = torch.randn(tuple(shape), generator=generator, dtype=dtype) * scheduler.init_noise_sigma
-    for timestep in scheduler.timesteps:
-        model_output = model(scheduler.scale_model_input(sample, timestep), timestep)
-        sample = scheduler.step(model_output, timestep, sample, generator=generator).prev_sample
-    return sample
+    return run_loop(scheduler, model, sample, num_inference_steps, generator)

@@ -13,7 +13,7 @@ import torch
 from diffusers import UNet2DModel
 from diffusers.utils.torch_utils import randn_tensor
 
-from score_diffusers.analytic import ExactScoreModel, GaussianMixture
+from score_diffusers.analytic import ExactScoreModel, GaussianMixture, run_loop
 
 # The suite drives tiny tensors, for which a second intra-op thread only adds synchronisation cost (torch.softmax on a
 # (8, 6) tensor takes milliseconds with two threads on a busy two-core machine, microseconds with one).
@@ -51,21 +51,6 @@ def prior_sample(
 ) -> torch.Tensor:
     """x_T as the plain Diffusers loop draws it: standard normal noise times `init_noise_sigma`."""
     return randn_tensor(tuple(shape), generator=generator, dtype=dtype) * scheduler.init_noise_sigma
-
-
-def run_loop(
-    scheduler,
-    model: ScoreModel,
-    sample: torch.Tensor,
-    num_inference_steps: int,
-    generator: Generator | None = None,
-) -> torch.Tensor:
-    """The plain Diffusers sampling loop of DESIGN.md §3, started from a given x_T; returns the final sample."""
-    scheduler.set_timesteps(num_inference_steps)
-    for timestep in scheduler.timesteps:
-        model_output = model(scheduler.scale_model_input(sample, timestep), timestep)
-        sample = scheduler.step(model_output, timestep, sample, generator=generator).prev_sample
-    return sample
 
 
 def sample_with_seed(

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import DATA_DIM, make_generator, run_loop, sample_with_seed
+from conftest import DATA_DIM, make_generator, sample_with_seed
 from diffusers import DDPMScheduler
 
 from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
@@ -18,6 +18,7 @@ from score_diffusers.analytic import (
     component_spreads,
     log_density_gap,
     mode_weight_tv,
+    run_loop,
     sliced_wasserstein,
 )
 

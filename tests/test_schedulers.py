@@ -19,12 +19,11 @@ from conftest import (
     make_generator,
     per_sample_generators,
     prior_sample,
-    run_loop,
     sample_with_seed,
 )
 
 from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
-from score_diffusers.analytic import ExactScoreModel, GaussianMixture
+from score_diffusers.analytic import ExactScoreModel, GaussianMixture, run_loop
 from score_diffusers.schedulers import ScoreSchedulerMixin
 from score_diffusers.schedulers.scheduling_predictor_corrector import CORRECTOR_NORMS, CORRECTORS, PREDICTORS
 from score_diffusers.schedulers.scheduling_probability_flow import SOLVERS, TIME_SPACINGS
