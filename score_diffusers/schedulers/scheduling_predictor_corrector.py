@@ -192,7 +192,8 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         corrector_alpha = self._corrector_alphas[index // self.evaluations_per_time]
         if self.config.corrector_norm == "batch":
             # One step size for the batch, as a Python float: the update is then two fused scalar axpy passes.
-            ratio = float(noise_norm.mean()) / max(float(score_norm.mean()), _MIN_SCORE_NORM)
+            noise_mean, score_mean = torch.stack([noise_norm.mean(), score_norm.mean()]).tolist()
+            ratio = noise_mean / max(score_mean, _MIN_SCORE_NORM)
             step_size = 2 * corrector_alpha * (self.config.snr * ratio) ** 2
         else:
             ratio = noise_norm / score_norm.clamp_min(_MIN_SCORE_NORM)
