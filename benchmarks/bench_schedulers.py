@@ -42,6 +42,9 @@ SIGMA_MIN, SIGMA_MAX = 0.01, 50.0
 # data, 1e-4 misplaces more mode weight and 2e-4 is past the stable range at the top levels.
 ANNEALED_LANGEVIN_STEP_SIZE = 5e-5
 LANGEVIN_SWEEP_STEP_SIZES = (6.2e-6, 2e-5, 5e-5, 1e-4, 2e-4)
+# Karras et al.'s S_churn for the stochastic probability-flow rows: large enough that γ sits at its cap √2 − 1 at
+# these step counts. Noise is added only above half the data's diameter (see `ProbabilityFlowScheduler`).
+PROBABILITY_FLOW_CHURN = 40.0
 ANNEALED_LANGEVIN_STEPS_PER_LEVEL = 5
 # True samples whose mean log p_0 stands in for E_p[log p_0] in the log-density gap.
 LOG_PROB_REFERENCE_SIZE = 200_000
@@ -110,8 +113,9 @@ def sample_with(scheduler, mixture, num_steps, shape, generator, model_scheduler
     return run_sampler(scheduler, model, shape, num_steps, generator=generator), model.calls
 
 
-def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: bool) -> list[Row]:
+def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: bool, only: str | None) -> list[Row]:
     mixture = GaussianMixture.random(COMPONENTS, DIM, generator=torch.Generator().manual_seed(0))
+    half_diameter = 0.5 * float(torch.cdist(mixture.means, mixture.means).max())
     large_reference, _ = mixture.sample(LOG_PROB_REFERENCE_SIZE, generator=torch.Generator().manual_seed(5))
     shape = (num_samples, DIM)
     # VP ε-model on DDPM's own table: our scheduler built from the DDPM config maps integer indices to ᾱ exactly.
@@ -155,6 +159,8 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
         ("VE", "PC reverse diffusion + Langevin", ours(lambda: pc(predictor="reverse_diffusion")), [100]),
         ("VE", "PF DPM-Solver++(2M) (karras)", ours(lambda: pf(solver="dpmpp_2m")), [25, 50]),
         ("VE", "PF Heun (karras)", ours(pf), [25, 50]),
+        ("VE", f"PF DPM-Solver++(2M) + churn above σ = {half_diameter:.1f} (karras)",
+         ours(lambda: pf(solver="dpmpp_2m", s_churn=PROBABILITY_FLOW_CHURN, s_tmin=half_diameter)), [25, 50]),
         ("VE", "PF DPM-Solver++(2M), x_T from the true p_T (diagnostic)",
          lambda steps, gen: sample_from_exact_prior(pf(solver="dpmpp_2m"), mixture, steps, shape, gen), [50]),
         ("VE", "Annealed Langevin", lambda steps, gen: sample_with(annealed_langevin(steps), mixture, steps, shape, gen), [100, 199]),
@@ -173,6 +179,8 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
              [199])
             for step_size in LANGEVIN_SWEEP_STEP_SIZES
         ]
+    if only is not None:
+        sweeps = [sweep for sweep in sweeps if only.lower() in f"{sweep[0]} {sweep[1]}".lower()]
     rows = []
     for family, name, sampler, step_counts in sweeps:
         for steps in step_counts[:1] if quick else step_counts:
@@ -302,15 +310,23 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=None, help="independent runs per row (default 3, quick 2)")
     parser.add_argument("--langevin_sweep", action="store_true", help="add annealed Langevin at several step sizes")
     parser.add_argument("--skip_quality", action="store_true", help="only the per-step overhead table")
+    parser.add_argument(
+        "--only",
+        default=None,
+        help="only the quality rows whose 'SDE sampler' label contains this text (case-insensitive), e.g. 'VE PF'; "
+        "no plot and no overhead table",
+    )
     args = parser.parse_args()
     print(machine_description())
     if not args.skip_quality:
         num_samples = args.num_samples or (2000 if args.quick else 50_000)
         num_seeds = args.seeds or (2 if args.quick else 3)
-        rows = quality_rows(args.quick, num_samples, num_seeds, args.langevin_sweep)
+        rows = quality_rows(args.quick, num_samples, num_seeds, args.langevin_sweep, args.only)
         print_quality(rows)
-        plot_quality(rows, RESULTS / "quality_vs_nfe.png")
-    step_overhead(repeats=5 if args.quick else 20)
+        if args.only is None:
+            plot_quality(rows, RESULTS / "quality_vs_nfe.png")
+    if args.only is None:
+        step_overhead(repeats=5 if args.quick else 20)
 
 
 if __name__ == "__main__":

@@ -114,6 +114,7 @@ SAMPLERS = {
     "pf_subvp_heun_uniform": (lambda: ProbabilityFlowScheduler(sde_type="subvp", time_spacing="uniform"), 30),
     "pf_ddpm_linear_heun": (lambda: ProbabilityFlowScheduler.from_config(ddpm("linear")), 30),
     "pf_ve_dpmpp_2m": (lambda: ProbabilityFlowScheduler(solver="dpmpp_2m"), 30),
+    "pf_ve_dpmpp_2m_churn": (lambda: ProbabilityFlowScheduler(solver="dpmpp_2m", s_churn=40.0, s_tmin=5.0), 30),
     # Karras spacing from the cosine table's huge σ̄_max is too coarse at 30 points for every solver; log σ̄ is not.
     "pf_ddpm_cosine_dpmpp_2m": (
         lambda: ProbabilityFlowScheduler.from_config(
@@ -177,3 +178,24 @@ def test_probability_flow_solvers_converge_at_their_order():
     assert multistep[0] / multistep[1] > 3.5, multistep
     # At equal model evaluations (40 and 39) DPM-Solver++(2M) is far closer than Heun.
     assert multistep[0] < probability_flow_error("heun", 20) / 5
+
+
+def test_churn_removes_the_prior_mismatch_the_flow_keeps():
+    """On N(μ, s²I) under VE with σ_max = 10 the prior N(0, σ_max²I) misses p_T's mean by μ, and the exact flow
+    carries that into the samples: their mean is off by −μ·s/√(s² + σ_max²). Karras et al.'s churn shrinks the
+    offset by (1 + γ) at every raised point, and leaves the spread at s."""
+    mean, std, dim, num_samples = 5.0, 0.5, 4, 8000
+    mixture = GaussianMixture(torch.full((1, dim), mean, dtype=torch.float64), std)
+
+    def sample(**churn: float) -> torch.Tensor:
+        scheduler = ProbabilityFlowScheduler(sigma_max=10.0, **churn)
+        return sample_with_seed(scheduler, mixture, (num_samples, dim), 40, seed=11).double()
+
+    # The sample mean's standard error is about s/√(num_samples·dim) ≈ 0.003.
+    flow = sample()
+    offset = -mean * std / (std**2 + 10.0**2) ** 0.5
+    assert float(flow.mean()) - mean == pytest.approx(offset, abs=0.01)
+    # Raised points from σ_max down to 2s; below that the raised Heun steps' own error starts to widen the spread.
+    churned = sample(s_churn=40.0, s_tmin=1.0)
+    assert abs(float(churned.mean()) - mean) < 0.01 < abs(offset) / 20
+    assert float(churned.std()) == pytest.approx(std, rel=0.03)

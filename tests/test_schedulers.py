@@ -136,7 +136,16 @@ class ScoreSchedulerCommonTest:
         scheduler.set_timesteps(6)
         times = scheduler.time_for_timestep(scheduler.timesteps)
         ratios = scheduler.sde.noise_to_signal(times)
-        assert bool((ratios.diff() <= 1e-6 * ratios[:-1]).all())
+        if config.get("s_churn"):
+            # Karras et al.'s churn raises the noise level of some entries (Heun's included above the entry before
+            # them), but never above the start.
+            deterministic = self.make({**config, "s_churn": 0.0})
+            deterministic.set_timesteps(6)
+            raised = scheduler.timesteps != deterministic.timesteps
+            assert bool(raised.any())
+            assert bool((ratios <= ratios[0] * (1 + 1e-6)).all())
+        else:
+            assert bool((ratios.diff() <= 1e-6 * ratios[:-1]).all())
         assert float(times[0]) == pytest.approx(1.0, abs=1e-6)
 
     def test_set_timesteps_resets_all_step_state(self, config, mixture):
@@ -398,6 +407,8 @@ class TestProbabilityFlowScheduler(ScoreSchedulerCommonTest):
         {"sde_type": "subvp", "solver": "euler", "beta_schedule": "scaled_linear", "prediction_type": "epsilon"},
         {"solver": "dpmpp_2m"},
         {"sde_type": "vp", "solver": "dpmpp_2m", "prediction_type": "epsilon", "timestep_type": "discrete"},
+        {"solver": "dpmpp_2m", "s_churn": 40.0, "s_tmin": 0.5},
+        {"sde_type": "vp", "s_churn": 10.0, "s_tmax": 20.0, "s_noise": 1.003, "timestep_type": "sigma"},
     ]
 
     def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:
@@ -463,6 +474,11 @@ def test_unknown_option_names_argument_and_choices(
         (PredictorCorrectorScheduler, "correct_steps", -1),
         (PredictorCorrectorScheduler, "sampling_eps", 1.0),
         (ProbabilityFlowScheduler, "sampling_eps", -0.5),
+        (ProbabilityFlowScheduler, "s_churn", -1.0),
+        (ProbabilityFlowScheduler, "s_churn", math.nan),
+        (ProbabilityFlowScheduler, "s_tmin", -0.1),
+        (ProbabilityFlowScheduler, "s_tmax", -1.0),
+        (ProbabilityFlowScheduler, "s_noise", -0.5),
         (AnnealedLangevinScheduler, "steps_per_level", 0),
         (AnnealedLangevinScheduler, "step_size", 0.0),
     ],

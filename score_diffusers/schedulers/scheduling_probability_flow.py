@@ -46,12 +46,25 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
     step), laid out in `timesteps` as t_0, t_1, t_1, t_2, t_2, …, t_{n−1}, t_{n−1} like Diffusers'
     `HeunDiscreteScheduler`.
 
+    With `s_churn` > 0 the sampler becomes the stochastic one of Karras et al. (Algorithm 2), at no extra model
+    evaluation: each grid point i ≥ 1 with s_tmin ≤ σ̄_i ≤ s_tmax is raised to σ̄̂_i = min((1 + γ)σ̄_i, σ̄_0),
+    γ = min(s_churn/n, √2 − 1), by adding fresh noise at the end of the step that reaches it,
+    x̄ ← x̄ + s_noise·√(σ̄̂_i² − σ̄_i²)·z, and the next step starts from σ̄̂_i (its `timesteps` entry is t(σ̄̂_i)).
+    Each such round shrinks by (1 + γ) what the ODE cannot: the prior's mismatch with p_T, which a deterministic
+    flow carries into the samples. Use it where that mismatch is the error, when σ_max is not far above the data's
+    diameter (its largest pairwise distance), and only at σ̄ where p_σ̄ is still nearly Gaussian: s_tmin above
+    about half the diameter. A DPM-Solver++(2M) step that starts from a raised point is first-order.
+
     Args:
         num_train_timesteps (`int`, defaults to 1000): N, the `"discrete"` timestep scale.
         sde_type (`str`, defaults to `"ve"`): `"ve"`, `"vp"` or `"subvp"`.
         solver (`str`, defaults to `"heun"`): `"euler"`, `"heun"` or `"dpmpp_2m"`.
         time_spacing (`str`, defaults to `"karras"`): the grid in t: `"uniform"` in t, `"log_sigma"` uniform in
             log σ̄, or `"karras"` (σ̄ spaced with ρ = 7).
+        s_churn (`float`, defaults to 0.0): Karras et al.'s S_churn; 0 keeps the sampler deterministic.
+        s_tmin (`float`, defaults to 0.0), s_tmax (`float`, *optional*): the σ̄ range where noise is added (no upper
+            bound by default).
+        s_noise (`float`, defaults to 1.0): scale of the added noise (Karras et al.'s S_noise).
         sigma_min, sigma_max, beta_min, beta_max, beta_schedule, beta_start, beta_end, trained_betas,
         sampling_eps, prediction_type, timestep_type: as for `PredictorCorrectorScheduler`.
     """
@@ -65,6 +78,10 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         sde_type: SDEType = "ve",
         solver: Solver = "heun",
         time_spacing: TimeSpacing = "karras",
+        s_churn: float = 0.0,
+        s_tmin: float = 0.0,
+        s_tmax: float | None = None,
+        s_noise: float = 1.0,
         sigma_min: float = 0.01,
         sigma_max: float = 50.0,
         beta_min: float = 0.1,
@@ -78,6 +95,11 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         timestep_type: TimestepType = "continuous",
     ):
         self._configure_sde({"solver": SOLVERS, "time_spacing": TIME_SPACINGS})
+        for argument, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_noise", s_noise)):
+            if not value >= 0:
+                raise ValueError(f"`{argument}` must be >= 0; got {value}.")
+        if s_tmax is not None and not s_tmax >= s_tmin:
+            raise ValueError(f"`s_tmax` must be >= `s_tmin` ({s_tmin}) or None; got {s_tmax}.")
 
     def _time_grid(self, num_points: int) -> torch.Tensor:
         eps = self._sampling_eps
@@ -105,23 +127,41 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         """
         check_positive_int("num_inference_steps", num_inference_steps)
         times = self._time_grid(num_inference_steps)
+        ratios = self.sde.noise_to_signal(times)
+        start_ratios = self._raised_ratios(ratios)
+        raised = start_ratios > ratios
+        start_times = torch.where(raised, self.sde.time_from_noise_to_signal(start_ratios), times)
+        start_times[start_ratios == ratios[0]] = times[0]
+        # x̄ = x/α and σ̄ = σ/α where each interval starts (a grid point, raised where the churn adds noise) ...
+        self._start_alphas = self.sde.mean_coeff(start_times).tolist()
+        self._start_sigmas = self.sde.marginal_std(start_times).tolist()
+        self._start_ratios = start_ratios.tolist()
+        # ... and at the grid points the ODE reaches; the appended 0 is the last step's target σ̄ = 0 (α = 1).
         alphas = self.sde.mean_coeff(times)
-        # x̄ = x/α and σ̄ = σ/α; the appended 0 is the last step's target σ̄ = 0 (the data, α = 1).
         self._alphas = torch.cat([alphas, alphas.new_ones(1)]).tolist()
         self._sigmas = self.sde.marginal_std(times).tolist()
-        self._ratios = torch.cat([self.sde.noise_to_signal(times), times.new_zeros(1)]).tolist()
+        self._ratios = torch.cat([ratios, ratios.new_zeros(1)]).tolist()
         last = num_inference_steps - 1
         if self.config.solver == "heun":
-            # (kind, interval): "predict" is Heun's Euler half at t_i, "correct" its second evaluation at t_{i+1}.
+            # (kind, interval): "predict" is Heun's Euler half from the start of interval i, "correct" its second
+            # evaluation at t_{i+1}.
             self._plan = [(kind, i) for i in range(last) for kind in ("predict", "correct")] + [("euler", last)]
-            points = [i + (kind == "correct") for kind, i in self._plan]
         else:
             self._plan = [("euler", i) for i in range(num_inference_steps)]
-            points = list(range(num_inference_steps))
         self._heun_state: tuple[torch.Tensor, torch.Tensor] | None = None
         self._previous_denoised: torch.Tensor | None = None
-        model_timesteps = self.timestep_for_time(times)[torch.tensor(points)]
-        self._reset_timesteps(model_timesteps, num_inference_steps, device)
+        model_times = torch.stack([times[i + 1] if kind == "correct" else start_times[i] for kind, i in self._plan])
+        self._reset_timesteps(self.timestep_for_time(model_times), num_inference_steps, device)
+
+    def _raised_ratios(self, ratios: torch.Tensor) -> torch.Tensor:
+        """σ̄̂_i = min((1 + γ)σ̄_i, σ̄_0), γ = min(s_churn/n, √2 − 1), at the grid points i ≥ 1 with
+        s_tmin ≤ σ̄_i ≤ s_tmax; σ̄_i elsewhere."""
+        config = self.config
+        gamma = min(config.s_churn / len(ratios), math.sqrt(2) - 1)
+        upper = math.inf if config.s_tmax is None else config.s_tmax
+        in_range = (ratios >= config.s_tmin) & (ratios <= upper)
+        in_range[0] = False
+        return torch.where(in_range, torch.clamp(ratios * (1 + gamma), max=ratios[0]), ratios)
 
     def step(
         self,
@@ -131,13 +171,15 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         generator: torch.Generator | list[torch.Generator] | None = None,
         return_dict: bool = True,
     ) -> ScoreSchedulerOutput | tuple:
-        """Advance the ODE by the Euler step or Heun half-step that this entry of `timesteps` stands for.
+        """Advance the ODE by the Euler step or Heun half-step that this entry of `timesteps` stands for, then add
+        the churn's noise if the next interval starts from a raised point.
 
         Args:
             model_output (`torch.Tensor` of shape `(batch, *dims)`): the model's score or ε at (`sample`, `timestep`).
             timestep (`float` or `torch.Tensor`): the current entry of `timesteps`.
             sample (`torch.Tensor` of shape `(batch, *dims)`): the current x_t.
-            generator: unused (the ODE is deterministic); accepted for the Diffusers loop.
+            generator (`torch.Generator` or list of them, *optional*): source of the noise `s_churn` adds (the ODE
+                itself is deterministic).
             return_dict (`bool`, defaults to `True`): return a `ScoreSchedulerOutput` rather than a tuple.
 
         Returns:
@@ -145,15 +187,17 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         """
         index = self._begin_step(model_output, timestep, sample)
         kind, i = self._plan[index]
-        point = i + 1 if kind == "correct" else i
-        alpha, sigma = self._alphas[point], self._sigmas[point]
+        if kind == "correct":
+            alpha, sigma, ratio = self._alphas[i + 1], self._sigmas[i + 1], self._ratios[i + 1]
+        else:
+            alpha, sigma, ratio = self._start_alphas[i], self._start_sigmas[i], self._start_ratios[i]
         score = self._score(model_output, sigma)
         pred_original = self._denoised(sample, score, alpha, sigma)
         scaled = sample if alpha == 1 else sample / alpha
         target = self._multistep_denoised(pred_original, i) if self.config.solver == "dpmpp_2m" else pred_original
         # dx̄/dσ̄ = (x̄ − x̂₀)/σ̄ at this evaluation.
-        derivative = torch.sub(scaled, target).div_(self._ratios[point])
-        step = self._ratios[i + 1] - self._ratios[i]
+        derivative = torch.sub(scaled, target).div_(ratio)
+        step = self._ratios[i + 1] - self._start_ratios[i]
         if kind == "correct":
             scaled_start, start_derivative = self._heun_state
             self._heun_state = None
@@ -162,18 +206,25 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
             scaled_next = torch.add(scaled, derivative, alpha=step)
             if kind == "predict":
                 self._heun_state = (scaled, derivative)
-        next_alpha = self._alphas[i + 1]
-        prev_sample = scaled_next if next_alpha == 1 else scaled_next.mul_(next_alpha)
+        # Heun's first half and the last step land on the grid; other steps land where the next interval starts.
+        lands_on_grid = kind == "predict" or i + 1 == len(self._start_ratios)
+        next_alpha = self._alphas[i + 1] if lands_on_grid else self._start_alphas[i + 1]
+        prev_mean = scaled_next if next_alpha == 1 else scaled_next.mul_(next_alpha)
+        prev_sample = prev_mean
+        if not lands_on_grid and self._start_ratios[i + 1] > self._ratios[i + 1]:
+            added_std = self.config.s_noise * math.sqrt(self._start_ratios[i + 1] ** 2 - self._ratios[i + 1] ** 2)
+            prev_sample = torch.add(prev_mean, self._noise_like(sample, generator), alpha=next_alpha * added_std)
         if not return_dict:
-            return prev_sample, prev_sample, pred_original
-        return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_sample, pred_original_sample=pred_original)
+            return prev_sample, prev_mean, pred_original
+        return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
 
     def _multistep_denoised(self, denoised: torch.Tensor, i: int) -> torch.Tensor:
-        """DPM-Solver++(2M)'s x̂₀ for the step from point i: x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r_i), r_i = h_{i−1}/h_i;
-        x̂₀_i itself on the first step and on the last one (to σ̄ = 0, where h_i is infinite)."""
+        """DPM-Solver++(2M)'s x̂₀ for the step from point i: x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r_i), r_i = h_{i−1}/h_i with
+        h_j = log(σ̄̂_j/σ̄_{j+1}); x̂₀_i itself on the first step, after added noise, and on the last step (to σ̄ = 0,
+        where h_i is infinite)."""
         previous, self._previous_denoised = self._previous_denoised, denoised
-        if previous is None or self._ratios[i + 1] == 0:
+        starts, ratios = self._start_ratios, self._ratios
+        if previous is None or ratios[i + 1] == 0 or starts[i] > ratios[i]:
             return denoised
-        ratios = self._ratios
-        step_ratio = math.log(ratios[i - 1] / ratios[i]) / math.log(ratios[i] / ratios[i + 1])
+        step_ratio = math.log(starts[i - 1] / ratios[i]) / math.log(starts[i] / ratios[i + 1])
         return torch.add(denoised, denoised - previous, alpha=1 / (2 * step_ratio))
