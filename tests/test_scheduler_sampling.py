@@ -80,6 +80,7 @@ SAMPLERS = {
         ),
         100,
     ),
+    "ald_consistent": (lambda: AnnealedLangevinScheduler(consistent=True, step_size=1e-5, steps_per_level=1), 200),
     "pc_ve": (lambda: PredictorCorrectorScheduler(corrector_norm="batch"), 100),
     "pc_ve_ancestral_epsilon": (
         lambda: PredictorCorrectorScheduler(

@@ -357,10 +357,37 @@ class TestAnnealedLangevinScheduler(ScoreSchedulerCommonTest):
         {},
         {"final_denoising": False, "timestep_type": "discrete", "prediction_type": "epsilon"},
         {"timestep_type": "continuous", "steps_per_level": 2, "step_size": 1e-4, "num_train_timesteps": 10},
+        # η = step_size/(2σ_min²) = 1: denoise, then noise to the next level; consistent at any number of levels.
+        {"consistent": True, "step_size": 2e-4, "steps_per_level": 2},
     ]
 
     def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:
         return num_inference_steps * scheduler.config.steps_per_level + int(scheduler.config.final_denoising)
+
+
+def test_consistent_annealed_sampling_keeps_the_noise_at_each_level():
+    """From x_0 + σ_1·z, each consistent step leaves x_0 + σ'·z (σ' the next step's level) when p_0 is a point mass;
+    a near one, N(μ, (10⁻⁴)²I), checks it level by level. Langevin's own noise stays above the level."""
+    point_mass = GaussianMixture(torch.zeros(1, 64, dtype=torch.float64), 1e-4)
+    for consistent, low, high in ((True, 0.98, 1.02), (False, 1.5, math.inf)):
+        scheduler = AnnealedLangevinScheduler(consistent=consistent, step_size=5e-6, sigma_max=10.0, steps_per_level=1)
+        scheduler.set_timesteps(400)
+        model = ExactScoreModel(point_mass, scheduler)
+        generator = make_generator(4)
+        sample = prior_sample(scheduler, (500, 64), generator, torch.float64)
+        ratios = []
+        for index, timestep in enumerate(scheduler.timesteps[:-1]):
+            sample = scheduler.step(model(sample, timestep), timestep, sample, generator=generator).prev_sample
+            level = scheduler.sde.marginal_std(scheduler.time_for_timestep(scheduler.timesteps[index + 1]))
+            ratios.append(float(sample.std() / (level**2 + 1e-8) ** 0.5))
+        assert low < min(ratios[100:]) and max(ratios[100:]) < high, (consistent, min(ratios), max(ratios))
+
+
+def test_consistent_step_size_below_the_level_ratio_names_its_range():
+    scheduler = AnnealedLangevinScheduler(consistent=True, step_size=1e-5)
+    with pytest.raises(ValueError, match=r"step_size.*num_inference_steps=10|num_inference_steps=10.*step_size"):
+        scheduler.set_timesteps(10)
+    scheduler.set_timesteps(200)
 
 
 class TestPredictorCorrectorScheduler(ScoreSchedulerCommonTest):

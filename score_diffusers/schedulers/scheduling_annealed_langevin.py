@@ -37,6 +37,12 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
     x ← x + ε'(σ_i/σ_min)²·s_θ + √(2ε'(σ_i/σ_min)²)·z, so its ε' is half of ε here: NCSNv2's CIFAR-10 value
     ε' = 6.2e-6 is the default ε = 1.24e-5.
 
+    With `consistent`, the noise is that of consistent annealed sampling (Jolicoeur-Martineau et al., 2021,
+    https://arxiv.org/abs/2009.05475): the same drift step, then √(σ'² − (1 − η)²σ_i²)·z, where η = α_i/(2σ_i²) =
+    ε/(2σ_min²) and σ' is the level of the next step. A sample x_0 + σ_i·z leaves the step as x_0 + σ'·z exactly,
+    while Langevin's √α_i·z leaves its noise above the level and lagging behind it, which the final levels, with
+    their small steps, cannot undo. It needs (1 − η)σ_i ≤ σ', that is ε ≥ 2σ_min²(1 − σ_{i+1}/σ_i).
+
     Args:
         num_train_timesteps (`int`, defaults to 232): L, the number of training noise levels (the `"discrete"`
             label scale: label 0 is σ_max, L − 1 is σ_min).
@@ -46,6 +52,7 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
         step_size (`float`, defaults to 1.24e-5): ε in the update above; with the other defaults, NCSNv2's
             CIFAR-10 settings (its ε' = 6.2e-6).
         final_denoising (`bool`, defaults to `True`): end with the Tweedie denoising step.
+        consistent (`bool`, defaults to `False`): consistent annealed sampling's noise instead of Langevin's.
         prediction_type (`str`, defaults to `"score"`): `"score"` or `"epsilon"` (score = −ε/σ).
         timestep_type (`str`, defaults to `"sigma"`): `"sigma"`, `"discrete"` or `"continuous"`.
     """
@@ -61,6 +68,7 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
         steps_per_level: int = 5,
         step_size: float = 1.24e-5,
         final_denoising: bool = True,
+        consistent: bool = False,
         prediction_type: PredictionType = "score",
         timestep_type: TimestepType = "sigma",
     ):
@@ -85,7 +93,24 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
         else:
             times = times.repeat_interleave(self.config.steps_per_level)
         self._sigmas = self.sde.marginal_std(times).tolist()
+        self._noise_stds = self._consistent_noise_stds(num_inference_steps) if self.config.consistent else None
         self._reset_timesteps(self.timestep_for_time(times), num_inference_steps, device)
+
+    def _consistent_noise_stds(self, num_inference_steps: int) -> list[float]:
+        """√(σ'² − (1 − η)²σ²) for every Langevin entry, σ' the next entry's level (σ_min after the last level)."""
+        eta = self.config.step_size / (2 * self.config.sigma_min**2)
+        langevin_sigmas = self._sigmas[: num_inference_steps * self.config.steps_per_level]
+        next_sigmas = langevin_sigmas[1:] + langevin_sigmas[-1:]
+        shrunk = [abs(1 - eta) * sigma for sigma in langevin_sigmas]
+        if any(low > next_sigma * (1 + 1e-12) for low, next_sigma in zip(shrunk, next_sigmas)):
+            ratio = min(next_sigma / sigma for sigma, next_sigma in zip(langevin_sigmas, next_sigmas))
+            raise ValueError(
+                f"`consistent` sampling needs |1 − η|·σ_i ≤ σ_(i+1), η = step_size/(2·sigma_min²) = {eta:.4g}: with "
+                f"num_inference_steps={num_inference_steps} levels, `step_size` must be in "
+                f"[{2 * self.config.sigma_min**2 * (1 - ratio):.4g}, {2 * self.config.sigma_min**2 * (1 + ratio):.4g}]"
+                f"; got {self.config.step_size}. Use more levels or a larger step size."
+            )
+        return [max(next_sigma**2 - low**2, 0.0) ** 0.5 for low, next_sigma in zip(shrunk, next_sigmas)]
 
     def step(
         self,
@@ -117,7 +142,8 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
         else:
             langevin_step = 0.5 * self.config.step_size * (sigma / self.config.sigma_min) ** 2
             noise = self._noise_like(sample, generator)
-            prev_sample, prev_mean = self._langevin_update(sample, score, langevin_step, noise)
+            noise_std = None if self._noise_stds is None else self._noise_stds[index]
+            prev_sample, prev_mean = self._langevin_update(sample, score, langevin_step, noise, noise_std)
         if not return_dict:
             return prev_sample, prev_mean, pred_original
         return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
