@@ -291,6 +291,10 @@ def mixture_classifier_state() -> dict[str, torch.Tensor]:
 
 MIXTURE_SCHEDULERS = {
     "probability_flow_heun": (lambda: ProbabilityFlowScheduler(sde_type="vp", timestep_type="continuous"), 15),
+    "probability_flow_churn": (
+        lambda: ProbabilityFlowScheduler(sde_type="vp", solver="dpmpp_2m", timestep_type="continuous", s_churn=10.0),
+        20,
+    ),
     "pc_ancestral_epsilon": (
         lambda: PredictorCorrectorScheduler(
             sde_type="vp", predictor="ancestral", prediction_type="epsilon", timestep_type="discrete"
@@ -300,6 +304,12 @@ MIXTURE_SCHEDULERS = {
     "annealed_langevin": (
         lambda: AnnealedLangevinScheduler(
             num_train_timesteps=30, sigma_min=0.01, sigma_max=2.0, steps_per_level=4, step_size=2e-5
+        ),
+        30,
+    ),
+    "annealed_langevin_consistent": (
+        lambda: AnnealedLangevinScheduler(
+            num_train_timesteps=30, sigma_min=0.01, sigma_max=2.0, steps_per_level=1, step_size=4e-5, consistent=True
         ),
         30,
     ),

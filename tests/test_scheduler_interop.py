@@ -123,11 +123,16 @@ def test_ancestral_predictor_is_ddpm_step(
     assert float(sample.abs().max()) > 1.0  # the samples reached the data, not a collapsed zero
 
 
-@pytest.mark.parametrize("scheduler_class", DDPM_COMPATIBLE)
-def test_runs_unchanged_inside_ddpm_pipeline(scheduler_class):
-    """Diffusers' own DDPMPipeline with our scheduler: one UNet call per timestep, the result of the plain loop."""
+@pytest.mark.parametrize(
+    "scheduler_class, overrides",
+    [(scheduler_class, {}) for scheduler_class in DDPM_COMPATIBLE] + [(ProbabilityFlowScheduler, {"s_churn": 10.0})],
+    ids=[scheduler_class.__name__ for scheduler_class in DDPM_COMPATIBLE] + ["ProbabilityFlowScheduler-churn"],
+)
+def test_runs_unchanged_inside_ddpm_pipeline(scheduler_class, overrides: dict[str, Any]):
+    """Diffusers' own DDPMPipeline with our scheduler: one UNet call per timestep, the result of the plain loop (the
+    pipeline's generator reaches `step`, so the churn's noise is reproduced too)."""
     unet = tiny_unet()
-    scheduler = scheduler_class.from_config(DDPMScheduler(num_train_timesteps=100).config)
+    scheduler = scheduler_class.from_config(DDPMScheduler(num_train_timesteps=100).config, **overrides)
     pipeline = DDPMPipeline(unet=unet, scheduler=scheduler)
     pipeline.set_progress_bar_config(disable=True)
     calls = []
