@@ -307,9 +307,10 @@ MIXTURE_SCHEDULERS = {
         ),
         30,
     ),
+    # η = step_size/(2σ_min²) = 1 is consistent at any number of levels, the 3 of the guided-score test included.
     "annealed_langevin_consistent": (
         lambda: AnnealedLangevinScheduler(
-            num_train_timesteps=30, sigma_min=0.01, sigma_max=2.0, steps_per_level=1, step_size=4e-5, consistent=True
+            num_train_timesteps=30, sigma_min=0.01, sigma_max=2.0, steps_per_level=1, step_size=2e-4, consistent=True
         ),
         30,
     ),
