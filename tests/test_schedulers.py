@@ -518,3 +518,19 @@ def test_bad_numeric_option_names_argument(scheduler_class: type[ScoreSchedulerM
 def test_sibling_only_keyword_in_from_config_raises():
     with pytest.raises(ValueError, match="solver"):
         PredictorCorrectorScheduler.from_config(PredictorCorrectorScheduler().config, solver="heun")
+
+
+def test_refused_consistent_schedule_leaves_the_previous_one_intact(mixture):
+    scheduler = AnnealedLangevinScheduler(consistent=True, step_size=1e-5, steps_per_level=1)
+    scheduler.set_timesteps(200)
+    expected = sample_with_seed(scheduler, mixture, FLAT_SHAPE, 200, seed=5)
+    scheduler.set_timesteps(200)
+    with pytest.raises(ValueError, match="step_size"):
+        scheduler.set_timesteps(10)
+    # Step the 200-level schedule set before the refused call, without setting it again.
+    model = ExactScoreModel(mixture, scheduler)
+    generator = make_generator(5)
+    sample = prior_sample(scheduler, FLAT_SHAPE, generator)
+    for timestep in scheduler.timesteps:
+        sample = scheduler.step(model(sample, timestep), timestep, sample, generator=generator).prev_sample
+    torch.testing.assert_close(sample, expected, rtol=0, atol=0)

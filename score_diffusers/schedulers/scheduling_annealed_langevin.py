@@ -39,9 +39,10 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
 
     With `consistent`, the noise is that of consistent annealed sampling (Jolicoeur-Martineau et al., 2021,
     https://arxiv.org/abs/2009.05475): the same drift step, then √(σ'² − (1 − η)²σ_i²)·z, where η = α_i/(2σ_i²) =
-    ε/(2σ_min²) and σ' is the level of the next step. A sample x_0 + σ_i·z leaves the step as x_0 + σ'·z exactly,
-    while Langevin's √α_i·z leaves its noise above the level and lagging behind it, which the final levels, with
-    their small steps, cannot undo. It needs (1 − η)σ_i ≤ σ', that is ε ≥ 2σ_min²(1 − σ_{i+1}/σ_i).
+    ε/(2σ_min²) and σ' is the level of the next step. With the exact score of a point mass x_0, a sample x_0 + σ_i·z
+    leaves the step as x_0 + σ'·z exactly, while Langevin's √α_i·z leaves its noise above the level and lagging
+    behind it, which the final levels, with their small steps, cannot undo. It needs |1 − η|·σ_i ≤ σ', that is
+    2σ_min²(1 − σ_{i+1}/σ_i) ≤ ε ≤ 2σ_min²(1 + σ_{i+1}/σ_i); `set_timesteps` checks it.
 
     Args:
         num_train_timesteps (`int`, defaults to 232): L, the number of training noise levels (the `"discrete"`
@@ -92,14 +93,17 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
             times = torch.cat([times.repeat_interleave(self.config.steps_per_level), times[-1:]])
         else:
             times = times.repeat_interleave(self.config.steps_per_level)
-        self._sigmas = self.sde.marginal_std(times).tolist()
-        self._noise_stds = self._consistent_noise_stds(num_inference_steps) if self.config.consistent else None
+        sigmas = self.sde.marginal_std(times).tolist()
+        # Validated before any state changes: a refused call leaves the previous schedule intact.
+        self._noise_stds = self._consistent_noise_stds(sigmas, num_inference_steps) if self.config.consistent else None
+        self._sigmas = sigmas
         self._reset_timesteps(self.timestep_for_time(times), num_inference_steps, device)
 
-    def _consistent_noise_stds(self, num_inference_steps: int) -> list[float]:
-        """√(σ'² − (1 − η)²σ²) for every Langevin entry, σ' the next entry's level (σ_min after the last level)."""
+    def _consistent_noise_stds(self, sigmas: list[float], num_inference_steps: int) -> list[float]:
+        """√(σ'² − (1 − η)²σ²) for every Langevin entry of `sigmas`, σ' the next entry's level (σ_min after the last
+        level)."""
         eta = self.config.step_size / (2 * self.config.sigma_min**2)
-        langevin_sigmas = self._sigmas[: num_inference_steps * self.config.steps_per_level]
+        langevin_sigmas = sigmas[: num_inference_steps * self.config.steps_per_level]
         next_sigmas = langevin_sigmas[1:] + langevin_sigmas[-1:]
         shrunk = [abs(1 - eta) * sigma for sigma in langevin_sigmas]
         if any(low > next_sigma * (1 + 1e-12) for low, next_sigma in zip(shrunk, next_sigmas)):
@@ -108,7 +112,7 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
                 f"`consistent` sampling needs |1 − η|·σ_i ≤ σ_(i+1), η = step_size/(2·sigma_min²) = {eta:.4g}: with "
                 f"num_inference_steps={num_inference_steps} levels, `step_size` must be in "
                 f"[{2 * self.config.sigma_min**2 * (1 - ratio):.4g}, {2 * self.config.sigma_min**2 * (1 + ratio):.4g}]"
-                f"; got {self.config.step_size}. Use more levels or a larger step size."
+                f"; got {self.config.step_size}."
             )
         return [max(next_sigma**2 - low**2, 0.0) ** 0.5 for low, next_sigma in zip(shrunk, next_sigmas)]
 

@@ -1,5 +1,5 @@
-"""Deterministic sampling with the probability-flow ODE (Song et al., 2021, https://arxiv.org/abs/2011.13456),
-integrated in the scale-free variables of Karras et al. (2022, https://arxiv.org/abs/2206.00364)."""
+"""Sampling with the probability-flow ODE (Song et al., 2021, https://arxiv.org/abs/2011.13456), integrated in the
+scale-free variables of Karras et al. (2022, https://arxiv.org/abs/2206.00364), deterministic or with their churn."""
 
 from __future__ import annotations
 
@@ -49,7 +49,9 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
     With `s_churn` > 0 the sampler becomes the stochastic one of Karras et al. (Algorithm 2), at no extra model
     evaluation: each grid point i ≥ 1 with s_tmin ≤ σ̄_i ≤ s_tmax is raised to σ̄̂_i = min((1 + γ)σ̄_i, σ̄_0),
     γ = min(s_churn/n, √2 − 1), by adding fresh noise at the end of the step that reaches it,
-    x̄ ← x̄ + s_noise·√(σ̄̂_i² − σ̄_i²)·z, and the next step starts from σ̄̂_i (its `timesteps` entry is t(σ̄̂_i)).
+    x̄ ← x̄ + s_noise·√(σ̄̂_i² − σ̄_i²)·z, and the next step starts from σ̄̂_i (its `timesteps` entry is t(σ̄̂_i);
+    Heun's layout becomes t_0, t_1, t̂_1, t_2, t̂_2, …). Unlike Karras et al., the first point is never raised and no
+    point goes above σ̄_0: the model is never asked for a noise level beyond its range.
     Each such round shrinks by (1 + γ) what the ODE cannot: the prior's mismatch with p_T, which a deterministic
     flow carries into the samples. Use it where that mismatch is the error, when σ_max is not far above the data's
     diameter (its largest pairwise distance), and only at σ̄ where p_σ̄ is still nearly Gaussian: s_tmin above
