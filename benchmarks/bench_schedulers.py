@@ -42,14 +42,15 @@ SIGMA_MIN, SIGMA_MAX = 0.01, 50.0
 # data, 1e-4 misplaces more mode weight and 2e-4 is past the stable range at the top levels.
 ANNEALED_LANGEVIN_STEP_SIZE = 5e-5
 LANGEVIN_SWEEP_STEP_SIZES = (6.2e-6, 2e-5, 5e-5, 1e-4, 2e-4)
-# Karras et al.'s S_churn for the stochastic probability-flow rows: large enough that γ sits at its cap √2 − 1 at
-# these step counts. Noise is added only above half the data's diameter (see `ProbabilityFlowScheduler`).
-PROBABILITY_FLOW_CHURN = 40.0
 ANNEALED_LANGEVIN_STEPS_PER_LEVEL = 5
 # Consistent annealed sampling: one step per level, η = ε/(2σ_min²) = 0.025. On one seed at 995 levels, ε = 1e-5
 # (η = 0.05) leaves the components ~2.5% too narrow (gap −0.013) and 2e-6 is nearly deterministic, so the prior's
 # mismatch comes back (mode TV 0.014).
 CONSISTENT_STEP_SIZE = 5e-6
+# Karras et al.'s S_churn for the stochastic probability-flow rows: large enough that γ sits at its cap √2 − 1 at
+# these step counts. Noise is added only above half the largest distance between component means, where p_σ is still
+# nearly Gaussian (see `ProbabilityFlowScheduler`).
+PROBABILITY_FLOW_CHURN = 40.0
 # True samples whose mean log p_0 stands in for E_p[log p_0] in the log-density gap.
 LOG_PROB_REFERENCE_SIZE = 200_000
 TIMING_ROUNDS = 15

@@ -132,7 +132,8 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         ratios = self.sde.noise_to_signal(times)
         start_ratios = self._raised_ratios(ratios)
         raised = start_ratios > ratios
-        start_times = torch.where(raised, self.sde.time_from_noise_to_signal(start_ratios), times)
+        start_times = times.clone()
+        start_times[raised] = self.sde.time_from_noise_to_signal(start_ratios[raised])
         start_times[start_ratios == ratios[0]] = times[0]
         # x̄ = x/α and σ̄ = σ/α where each interval starts (a grid point, raised where the churn adds noise) ...
         self._start_alphas = self.sde.mean_coeff(start_times).tolist()

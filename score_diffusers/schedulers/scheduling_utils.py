@@ -278,13 +278,17 @@ class ScoreSchedulerMixin(SchedulerMixin):
         noise: torch.Tensor,
         noise_std: float | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Langevin MCMC step x ← x + η·score + √(2η)·z (or `noise_std`·z where given, for a float η); returns
-        the new sample and its noise-free mean."""
+        """One Langevin MCMC step x ← x + η·score + √(2η)·z, or `noise_std`·z where given; returns the new sample and
+        its noise-free mean."""
         if torch.is_tensor(step_size):
             mean = torch.addcmul(sample, step_size, score)
-            return torch.addcmul(mean, (2 * step_size).sqrt(), noise), mean
-        mean = torch.add(sample, score, alpha=step_size)
-        return torch.add(mean, noise, alpha=(2 * step_size) ** 0.5 if noise_std is None else noise_std), mean
+            if noise_std is None:
+                return torch.addcmul(mean, (2 * step_size).sqrt(), noise), mean
+        else:
+            mean = torch.add(sample, score, alpha=step_size)
+            if noise_std is None:
+                noise_std = (2 * step_size) ** 0.5
+        return torch.add(mean, noise, alpha=noise_std), mean
 
     def _configure_sde(self, own_choices: dict[str, tuple[str, ...]]) -> None:
         """Validate the config (the SDE keys plus a subclass's `own_choices`) and build the SDE it describes."""
