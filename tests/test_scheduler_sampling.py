@@ -200,3 +200,55 @@ def test_churn_removes_the_prior_mismatch_the_flow_keeps():
     churned = sample(s_churn=40.0, s_tmin=1.0)
     assert abs(float(churned.mean()) - mean) < 0.01 < abs(offset) / 20
     assert float(churned.std()) == pytest.approx(std, rel=0.03)
+
+
+def gaussian_pc_moments(
+    scheduler: PredictorCorrectorScheduler, mean: float, std: float, dim: int, num_inference_steps: int
+) -> tuple[float, float]:
+    """Mean offset and per-coordinate variance that VE ancestral + Langevin PC leaves on N(μ, s²I), in closed form.
+
+    Every step is linear on a Gaussian, so the per-coordinate offset δ and variance w of the samples follow
+    exactly from x_T ~ N(0, σ_max²I) (δ = −μ, w = σ_max²). The batch-averaged corrector step is
+    η = 2·snr_i²·(‖z‖/‖s‖)² with ‖z‖² ≈ d and ‖s‖² ≈ d(w + δ²)/v², v = s² + σ_i²; it takes δ to (1 − η/v)δ and w
+    to (1 − η/v)²w + 2η. The ancestral step from σ_i to σ_{i+1} takes both by c = (s² + σ_{i+1}²)/v and adds
+    (b·σ_{i+1}/σ_i)², b² = σ_i² − σ_{i+1}².
+    """
+    config = scheduler.config
+    scheduler.set_timesteps(num_inference_steps)
+    # With `timestep_type="continuous"` the model receives t itself: one entry per corrector and predictor call.
+    times = scheduler.timesteps[:: scheduler.evaluations_per_time].to(torch.float64)
+    sigmas = scheduler.sde.marginal_std(times).tolist() + [0.0]
+    if config.prior_snr is None:
+        snrs = [config.snr] * num_inference_steps
+    else:
+        ramp = ((times - config.snr_ramp_start) / (1 - config.snr_ramp_start)).clamp(0, 1)
+        snrs = (config.snr + (config.prior_snr - config.snr) * ramp).tolist()
+    offset, variance = -mean, sigmas[0] ** 2
+    for sigma, next_sigma, snr in zip(sigmas, sigmas[1:], snrs):
+        level_variance = std**2 + sigma**2
+        step = 2 * snr**2 * level_variance**2 / (variance + offset**2)
+        shrink = 1 - step / level_variance
+        offset, variance = shrink * offset, shrink**2 * variance + 2 * step
+        shrink = (std**2 + next_sigma**2) / level_variance
+        posterior_variance = (sigma**2 - next_sigma**2) * (next_sigma / sigma) ** 2
+        offset, variance = shrink * offset, shrink**2 * variance + posterior_variance
+    return offset, variance
+
+
+@pytest.mark.parametrize("prior_snr", [None, 0.5])
+def test_predictor_corrector_moments_match_the_closed_form_on_a_gaussian(prior_snr: float | None):
+    """The whole PC chain on N(μ, s²I) against `gaussian_pc_moments`: with score_sde's constant snr and with the
+    default ramp to `prior_snr`, which at 10 steps already halves the offset the prior's missing mean leaves."""
+    mean, std, dim, num_samples, num_inference_steps = 5.0, 3.0, 64, 4000, 10
+    mixture = GaussianMixture(torch.full((1, dim), mean, dtype=torch.float64), std)
+    scheduler = PredictorCorrectorScheduler(sigma_max=10.0, prior_snr=prior_snr)
+    sample = sample_with_seed(scheduler, mixture, (num_samples, dim), num_inference_steps, seed=5).double()
+    offset, variance = gaussian_pc_moments(scheduler, mean, std, dim, num_inference_steps)
+    # Standard errors: s/√(num_samples·dim) ≈ 0.006 for the mean, √(2/(num_samples·dim)) ≈ 0.3% for the variance.
+    assert float(sample.mean()) - mean == pytest.approx(offset, abs=0.02)
+    assert float(sample.var()) == pytest.approx(variance, rel=0.015)
+    constant_offset, _ = gaussian_pc_moments(
+        PredictorCorrectorScheduler(sigma_max=10.0, prior_snr=None), mean, std, dim, num_inference_steps
+    )
+    if prior_snr is not None:
+        assert abs(offset) < abs(constant_offset) / 1.8

@@ -334,7 +334,8 @@ class ScoreSchedulerMixin(SchedulerMixin):
     def from_config(cls, config: dict[str, Any] | None = None, return_unused_kwargs: bool = False, **kwargs):
         """Instantiate from a config of any score scheduler of this package, of `DDPMScheduler` / `DDIMScheduler`
         (→ VP on the checkpoint's own ᾱ table, ε prediction, DDPM index timesteps) or of `ScoreSdeVeScheduler`
-        (→ VE with its σ_min, σ_max, snr, correct_steps and sampling_eps, σ timesteps, batch-averaged corrector).
+        (→ VE with its σ_min, σ_max, snr, correct_steps and sampling_eps, σ timesteps, batch-averaged corrector at a
+        constant snr).
 
         Keys that only a sibling score scheduler uses are dropped, as in any Diffusers scheduler swap; keys no
         score scheduler knows raise a `ValueError`.
@@ -411,6 +412,7 @@ def _translate_score_sde_ve_config(ve_config: dict[str, Any]) -> dict[str, Any]:
         "sigma_max": ve_config["sigma_max"],
         "sampling_eps": ve_config["sampling_eps"],
         "snr": ve_config["snr"],
+        "prior_snr": None,
         "correct_steps": ve_config["correct_steps"],
         "predictor": "reverse_diffusion",
         "corrector": "langevin",
