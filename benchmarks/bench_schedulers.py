@@ -4,7 +4,7 @@ The data is a 64-dimensional, 8-component Gaussian mixture; every sampler is dri
 so the figures measure the samplers alone. VE uses σ_min = 0.01, σ_max = 50; VP uses DDPM's linear ᾱ table
 (N = 1000), which Diffusers' DDPM, DDIM and DPM-Solver++ schedulers sample with their own configs.
 
-    python benchmarks/bench_schedulers.py            # full tables and plot (~40 min on 2 CPU cores)
+    python benchmarks/bench_schedulers.py            # full tables and plot (~45 min on 2 CPU cores)
     python benchmarks/bench_schedulers.py --quick    # smoke run
 
 Each figure is the mean over `--seeds` independent runs, ± its standard error; each run draws `--num_samples`
@@ -162,6 +162,7 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
 
     sweeps: list[tuple[str, str, Callable, list[int]]] = [
         ("VE", "PC (defaults: ancestral + Langevin)", ours(pc), [50, 100]),
+        ("VE", "PC ancestral + Langevin at score_sde's constant snr", ours(lambda: pc(prior_snr=None)), [100]),
         ("VE", "PC reverse diffusion + Langevin", ours(lambda: pc(predictor="reverse_diffusion")), [100]),
         ("VE", "PF DPM-Solver++(2M) (karras)", ours(lambda: pf(solver="dpmpp_2m")), [25, 50]),
         ("VE", "PF Heun (karras)", ours(pf), [25, 50]),
