@@ -171,8 +171,8 @@ def vp_schedulers(ddpm_config) -> dict[str, tuple[object, int]]:
         "PC ancestral, no corrector": (
             PredictorCorrectorScheduler.from_config(ddpm_config, predictor="ancestral", corrector="none"), 100
         ),
-        "PC reverse_diffusion + Langevin (snr 0.16)": (
-            PredictorCorrectorScheduler.from_config(ddpm_config, predictor="reverse_diffusion"),
+        "PC reverse_diffusion + Langevin (constant snr 0.16)": (
+            PredictorCorrectorScheduler.from_config(ddpm_config, predictor="reverse_diffusion", prior_snr=None),
             50,
         ),
     }
