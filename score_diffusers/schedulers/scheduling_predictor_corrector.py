@@ -124,7 +124,9 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         if not 0 < snr < math.inf:
             raise ValueError(f"`snr` must be a finite number > 0; got {snr}.")
         if prior_snr is not None and not 0 < prior_snr < math.inf:
-            raise ValueError(f"`prior_snr` must be a finite number > 0, or None for a constant snr; got {prior_snr}.")
+            raise ValueError(
+                f"`prior_snr` must be a finite number > 0, or None for a constant snr; got {prior_snr}."
+            )
         if not 0 <= snr_ramp_start < 1:
             raise ValueError(f"`snr_ramp_start` must lie in [0, 1); got {snr_ramp_start}.")
         if isinstance(correct_steps, bool) or not isinstance(correct_steps, int) or correct_steps < 0:
