@@ -86,7 +86,7 @@ def accuracy_rows(rtols: list[float]) -> list[AccuracyRow]:
             t = torch.tensor(t, dtype=torch.float64)
             return sde.mean_coeff(t), sde.marginal_std(t)
 
-        true = mixture.log_prob(samples, *marginal(scheduler._sampling_eps))
+        true = mixture.log_prob(samples, *marginal(scheduler.sampling_eps))
         for divergence in ("exact", "hutchinson"):
             for rtol in rtols:
                 for method in ("dopri5", "RK45"):

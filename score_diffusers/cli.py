@@ -31,6 +31,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers import AutoModelForImageClassification
 
+from .image_grid import GRID_MIN_WIDTH, image_grid
 from .likelihood import DIVERGENCES, METHODS, PROBES
 from .models import NoiseConditionalClassifier
 from .pipelines import ScoreGuidedPipeline
@@ -50,10 +51,6 @@ IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".ti
 # PIL mode that gives an image the unet's number of channels.
 PIL_MODES: dict[int, str] = {1: "L", 3: "RGB"}
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
-# Grids are upscaled (nearest) to at least this width so small images stay visible, with this many gray pixels
-# between images.
-GRID_MIN_WIDTH = 256
-GRID_GUTTER = 2
 # What is not an existing path is tried on the Hub only when it reads like a repository id, "owner/name".
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -275,34 +272,6 @@ def load_images(
 
 
 # ---- writing ---------------------------------------------------------------------------------------------------------
-
-
-def image_grid(
-    images: Sequence[PIL.Image.Image],
-    columns: int | None = None,
-    min_width: int = GRID_MIN_WIDTH,
-    gutter: int = GRID_GUTTER,
-) -> PIL.Image.Image:
-    """`images` (all one size) row by row, `columns` wide (near-square by default), on a gray background.
-
-    Each image is upscaled by the smallest whole factor (nearest neighbour) that makes the grid at least `min_width`
-    pixels wide, and images are `gutter` pixels apart and from the border. Empty cells stay black.
-    """
-    columns = columns or math.ceil(math.sqrt(len(images)))
-    rows = math.ceil(len(images) / columns)
-    width, height = images[0].size
-    scale = max(1, math.ceil(min_width / (columns * width)))
-    tile_width, tile_height = width * scale, height * scale
-    grid = PIL.Image.new(
-        images[0].mode, (columns * (tile_width + gutter) + gutter, rows * (tile_height + gutter) + gutter), "gray"
-    )
-    for index in range(rows * columns):
-        row, column = divmod(index, columns)
-        tile = images[index] if index < len(images) else PIL.Image.new(images[0].mode, (width, height))
-        if scale > 1:
-            tile = tile.resize((tile_width, tile_height), PIL.Image.Resampling.NEAREST)
-        grid.paste(tile, (gutter + column * (tile_width + gutter), gutter + row * (tile_height + gutter)))
-    return grid
 
 
 def save_atomically(pipe: ScoreGuidedPipeline, output: Path) -> None:

@@ -17,9 +17,10 @@ of probes v per sample for the whole solve, as in score_sde; each probe keeps it
 the probes gives a standard error.
 
 The score comes from any callable `model(x, timestep)` returning a tensor or an object with `.sample` (a
-Diffusers `UNet2DModel`), turned into ∇ log p_t by the scheduler: its config decides the SDE, the timestep the
-model receives (`scheduler.timestep_for_time(t)`, passed as a float tensor of shape `(batch,)`) and whether the
-model predicts the score or ε. The model must treat the samples of a batch independently (e.g. `eval()` mode).
+Diffusers `UNet2DModel`), turned into ∇ log p_t by the model's `ModelConvention` (a score scheduler's
+`convention`): it decides the SDE, the timestep the model receives (`convention.timestep(t)`, passed as a float
+tensor of shape `(batch,)`), whether the model predicts the score or ε, and ε, the lower end of the integral. The
+model must treat the samples of a batch independently (e.g. `eval()` mode).
 """
 
 from __future__ import annotations
@@ -34,7 +35,11 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
-from .schedulers.scheduling_utils import ScoreSchedulerMixin, check_choice, check_positive_int
+from .checks import check_choice, check_positive_int
+from .conventions import ModelConvention
+
+# What names a model's conventions here: a `ModelConvention`, or a score scheduler, which carries one.
+ConventionLike = Any
 
 Divergence = Literal["exact", "hutchinson"]
 Probe = Literal["rademacher", "gaussian"]
@@ -143,15 +148,15 @@ def _model_dtype(model: Any) -> torch.dtype | None:
 
 
 class _ProbabilityFlow:
-    """F(x, t) = f(x, t) − ½g(t)²·s_θ(x, t) for `scheduler`'s SDE, with the score of `model`.
+    """F(x, t) = f(x, t) − ½g(t)²·s_θ(x, t) for the convention's SDE, with the score of `model`.
 
     The model is called in its own dtype (inputs cast, output cast back), so a float32 network serves a float64
     integration.
     """
 
-    def __init__(self, model: Callable[..., Any], scheduler: ScoreSchedulerMixin):
+    def __init__(self, model: Callable[..., Any], convention: ModelConvention):
         self.model = model
-        self.scheduler = scheduler
+        self.convention = convention
         self.model_dtype = _model_dtype(model)
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
@@ -160,18 +165,19 @@ class _ProbabilityFlow:
 
     def drift(self, x: torch.Tensor, t: float, score: torch.Tensor) -> torch.Tensor:
         """f(x, t) − ½g(t)²·`score`, shape and dtype of `x`."""
-        return self.scheduler.sde.reverse_drift(x, t, score, probability_flow=True).to(x.dtype)
+        return self.convention.sde.reverse_drift(x, t, score, probability_flow=True).to(x.dtype)
 
     def score(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """∇ₓ log p_t(x) from the model, shape and dtype of `x`."""
         dtype = self.model_dtype or x.dtype
-        timestep = self.scheduler.timestep_for_time(t).to(device=x.device, dtype=dtype).expand(x.shape[0])
+        timestep = self.convention.timestep(t).to(device=x.device, dtype=dtype).expand(x.shape[0])
         output = self.model(x.to(dtype), timestep)
         output = getattr(output, "sample", output)
         if not isinstance(output, torch.Tensor) or output.shape != x.shape:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(f"`model` must return a tensor of the samples' shape {tuple(x.shape)}; got {shape}.")
-        return self.scheduler.score_from_model_output(output.to(x.dtype), timestep)
+        sigma = float(self.convention.sde.marginal_std(torch.tensor(t, dtype=torch.float64)))
+        return self.convention.score_from_output(output.to(x.dtype), sigma)
 
 
 def _drift_and_divergence(
@@ -345,12 +351,16 @@ def _solve_in_chunks(
 # ---- input checks and random draws ------------------------------------------------------------------------------
 
 
-def _check_scheduler(scheduler: Any) -> None:
-    if not isinstance(scheduler, ScoreSchedulerMixin):
+def _convention_of(scheduler: ConventionLike) -> ModelConvention:
+    """The `ModelConvention` that `scheduler` is or carries."""
+    convention = scheduler if isinstance(scheduler, ModelConvention) else getattr(scheduler, "convention", None)
+    if not isinstance(convention, ModelConvention):
         raise ValueError(
-            f"`scheduler` must be a score scheduler of this package; got {type(scheduler).__name__}. Convert a "
-            "Diffusers DDPM or score-SDE scheduler with `ProbabilityFlowScheduler.from_config(scheduler.config)`."
+            f"`scheduler` must be a score scheduler of this package or a `ModelConvention`; got "
+            f"{type(scheduler).__name__}. Convert a Diffusers DDPM or score-SDE scheduler with "
+            "`ProbabilityFlowScheduler.from_config(scheduler.config)` or `ModelConvention.from_config(scheduler.config)`."
         )
+    return convention
 
 
 def _checked_samples(samples: Any, name: str, dtype: torch.dtype | None) -> torch.Tensor:
@@ -434,9 +444,9 @@ def _draw_probes(
     return _draw_per_sample(draw, shape, generator, like.device)
 
 
-def _time_span(scheduler: ScoreSchedulerMixin) -> tuple[float, float]:
-    """(ε, T): the scheduler's last sampling time (0 where it has none, as annealed Langevin's σ_min at t = 0)."""
-    return float(getattr(scheduler, "_sampling_eps", 0.0)), float(scheduler.sde.T)
+def _time_span(convention: ModelConvention) -> tuple[float, float]:
+    """(ε, T): the convention's last sampling time and the SDE's end."""
+    return convention.sampling_eps, float(convention.sde.T)
 
 
 # ---- public API ---------------------------------------------------------------------------------------------------
@@ -444,7 +454,7 @@ def _time_span(scheduler: ScoreSchedulerMixin) -> tuple[float, float]:
 
 def log_likelihood(
     model: Callable[..., Any],
-    scheduler: ScoreSchedulerMixin,
+    scheduler: ConventionLike,
     samples: torch.Tensor,
     *,
     data_range: tuple[float, float] | None = None,
@@ -468,12 +478,12 @@ def log_likelihood(
     (σ_ε = σ_min for VE at ε ≈ 0), with the SDE's prior standing in for p_1.
 
     Args:
-        model (`Callable`): `model(x, timestep)` → score or ε (per `scheduler.config.prediction_type`) as a tensor
-            or an object with `.sample`; differentiable in `x`. Fed `scheduler.timestep_for_time(t)` as a float
-            tensor of shape `(batch,)` in the model's dtype.
-        scheduler (`ScoreSchedulerMixin`): a score scheduler of this package; gives the SDE, ε and the time and
-            prediction conventions. A DDPM checkpoint's scheduler converts with
-            `ProbabilityFlowScheduler.from_config(ddpm_scheduler.config)`.
+        model (`Callable`): `model(x, timestep)` → score or ε (per the convention's `prediction_type`) as a tensor
+            or an object with `.sample`; differentiable in `x`. Fed `convention.timestep(t)` as a float tensor of
+            shape `(batch,)` in the model's dtype.
+        scheduler (`ModelConvention` or a score scheduler): the model's convention (a scheduler's `convention`):
+            the SDE, ε and the time and prediction conventions. A DDPM checkpoint's converts with
+            `ModelConvention.from_config(ddpm_scheduler.config)`.
         samples (`torch.Tensor` of shape `(batch, *dims)`): the points x; D = prod(dims).
         data_range (`tuple[float, float]`, *optional*): declares `samples` to be 8-bit image data scaled to
             [low, high] (level k ↦ low + (high − low)·k/255). Samples outside raise; `bits_per_dim` is then reported
@@ -504,7 +514,7 @@ def log_likelihood(
         `LikelihoodOutput` with `log_likelihood` (nats), `bits_per_dim`, `nfe`, `latent`, `log_likelihood_stderr`
         and `prior_log_prob`.
     """
-    _check_scheduler(scheduler)
+    convention = _convention_of(scheduler)
     samples = _checked_samples(samples, "samples", dtype)
     check_choice("divergence", divergence, DIVERGENCES)
     check_choice("probe", probe, PROBES)
@@ -527,7 +537,7 @@ def log_likelihood(
     # State rows: the sample's D coordinates, then one divergence integral per probe (one when exact).
     num_integrals = num_probes if probes is not None else 1
     states = torch.cat([samples.reshape(batch, dim), samples.new_zeros(batch, num_integrals)], dim=1)
-    flow = _ProbabilityFlow(model, scheduler)
+    flow = _ProbabilityFlow(model, convention)
 
     def make_rhs(rows: slice) -> Callable[[float, torch.Tensor], torch.Tensor]:
         chunk_probes = None if probes is None else probes[rows]
@@ -539,9 +549,9 @@ def log_likelihood(
 
         return rhs
 
-    finals, nfe = _solve_in_chunks(states, _time_span(scheduler), settings, make_rhs, "log-likelihood")
+    finals, nfe = _solve_in_chunks(states, _time_span(convention), settings, make_rhs, "log-likelihood")
     latent = finals[:, :dim].reshape(samples.shape)
-    prior_log_prob = scheduler.sde.prior_logp(latent)
+    prior_log_prob = convention.sde.prior_logp(latent)
     per_probe = prior_log_prob[:, None] + finals[:, dim:]
     log_p = per_probe.mean(dim=1)
     if probes is None:
@@ -576,7 +586,7 @@ class SolverKwargs(TypedDict, total=False):
 
 def _transport(
     model: Callable[..., Any],
-    scheduler: ScoreSchedulerMixin,
+    scheduler: ConventionLike,
     values: torch.Tensor,
     name: str,
     forward: bool,
@@ -584,16 +594,16 @@ def _transport(
     **solver_kwargs: Any,
 ) -> FlowOutput:
     """Carry `values` along the probability-flow ODE from ε to 1 (`forward`) or from 1 back to ε."""
-    _check_scheduler(scheduler)
+    convention = _convention_of(scheduler)
     values = _checked_samples(values, name, dtype)
     settings = _check_solver_settings(**solver_kwargs)
-    flow = _ProbabilityFlow(model, scheduler)
+    flow = _ProbabilityFlow(model, convention)
     batch, dims = values.shape[0], values.shape[1:]
 
     def make_rhs(rows: slice) -> Callable[[float, torch.Tensor], torch.Tensor]:
         return lambda t, y: flow(y.reshape(y.shape[0], *dims), t).reshape(y.shape)
 
-    t_span = _time_span(scheduler)
+    t_span = _time_span(convention)
     finals, nfe = _solve_in_chunks(
         values.reshape(batch, -1), t_span if forward else t_span[::-1], settings, make_rhs,
         "encode" if forward else "decode",
@@ -602,7 +612,7 @@ def _transport(
 
 
 def encode(
-    model: Callable[..., Any], scheduler: ScoreSchedulerMixin, samples: torch.Tensor, **kwargs: Unpack[SolverKwargs]
+    model: Callable[..., Any], scheduler: ConventionLike, samples: torch.Tensor, **kwargs: Unpack[SolverKwargs]
 ) -> FlowOutput:
     """Latents x_1 of `samples`: the probability-flow ODE dx/dt = f − ½g²·s_θ solved from t = ε to 1.
 
@@ -619,7 +629,7 @@ def encode(
 
 
 def decode(
-    model: Callable[..., Any], scheduler: ScoreSchedulerMixin, latents: torch.Tensor, **kwargs: Unpack[SolverKwargs]
+    model: Callable[..., Any], scheduler: ConventionLike, latents: torch.Tensor, **kwargs: Unpack[SolverKwargs]
 ) -> FlowOutput:
     """Samples x_ε of `latents`: the probability-flow ODE solved from t = 1 back to ε, the inverse of `encode` up to
     the solver's error. Arguments as for `encode`; returns `FlowOutput(sample=samples, nfe)`."""
@@ -627,7 +637,7 @@ def decode(
 
 
 def round_trip(
-    model: Callable[..., Any], scheduler: ScoreSchedulerMixin, samples: torch.Tensor, **kwargs: Unpack[SolverKwargs]
+    model: Callable[..., Any], scheduler: ConventionLike, samples: torch.Tensor, **kwargs: Unpack[SolverKwargs]
 ) -> RoundTripOutput:
     """`decode(encode(samples))` and its per-sample RMS error against `samples` (shape `(batch,)`).
 

@@ -21,13 +21,11 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from typing import ClassVar
 
 import torch
 
 TimeLike = float | torch.Tensor
-
-# Bisection halves the bracket [0, T] this many times when inverting σ_t/α_t; 2^-60 is below float64 resolution.
-_BISECTION_ITERATIONS = 60
 
 
 def append_dims(values: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -49,6 +47,8 @@ class SDE(ABC):
     """A linear-drift SDE ``dx = f(t) x dt + g(t) dw`` with Gaussian marginals ``x_t = α_t x_0 + σ_t z``."""
 
     T: float = 1.0
+    # The config value (`sde_type`) that names this SDE.
+    sde_type: ClassVar[str]
 
     @property
     @abstractmethod
@@ -132,17 +132,9 @@ class SDE(ABC):
         """σ_t/α_t, the noise level of x_t/α_t (EDM's σ); equal to σ_t for VE. Increasing in t."""
         return self.marginal_std(t) * torch.exp(-self.log_mean_coeff(t))
 
+    @abstractmethod
     def time_from_noise_to_signal(self, ratio: torch.Tensor) -> torch.Tensor:
-        """Invert `noise_to_signal` by bisection on [0, T] in float64; values outside the range clamp to the ends."""
-        ratio = torch.as_tensor(ratio, dtype=torch.float64)
-        low = torch.zeros_like(ratio)
-        high = torch.full_like(ratio, self.T)
-        for _ in range(_BISECTION_ITERATIONS):
-            middle = 0.5 * (low + high)
-            below = self.noise_to_signal(middle) < ratio
-            low = torch.where(below, middle, low)
-            high = torch.where(below, high, middle)
-        return 0.5 * (low + high)
+        """The time t at which σ_t/α_t = `ratio`, in closed form (float64): the inverse of `noise_to_signal`."""
 
 
 class VESDE(SDE):
@@ -157,9 +149,13 @@ class VESDE(SDE):
         sigma_max (`float`): largest noise scale σ_max > σ_min, reached at t = 1.
     """
 
+    sde_type = "ve"
+
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0):
-        if not 0 < sigma_min < sigma_max:
-            raise ValueError(f"VESDE needs 0 < sigma_min < sigma_max, got sigma_min={sigma_min}, sigma_max={sigma_max}.")
+        if not (0 < sigma_min < sigma_max and math.isfinite(sigma_max)):
+            raise ValueError(
+                f"VESDE needs 0 < sigma_min < sigma_max < inf; got sigma_min={sigma_min}, sigma_max={sigma_max}."
+            )
         self.sigma_min = float(sigma_min)
         self.sigma_max = float(sigma_max)
         self._log_ratio = math.log(self.sigma_max / self.sigma_min)
@@ -248,6 +244,28 @@ class _VariancePreservingFamily(SDE):
     def drift_coeff(self, t: TimeLike) -> torch.Tensor:
         return -0.5 * self.beta(t)
 
+    @abstractmethod
+    def _negative_log_mean_coeff_from_ratio(self, ratio: torch.Tensor) -> torch.Tensor:
+        """−log α at which σ/α = `ratio`: the inverse of the family member's σ(α)."""
+
+    def time_from_noise_to_signal(self, ratio: torch.Tensor) -> torch.Tensor:
+        """t from −log α_t = L(ratio), solving ¼t²(β_max − β_min) + ½tβ_min = L on the linear schedule (the root
+        2L/(b + √(b² + 4aL)), stable near t = 0), or by a table search where log ᾱ is linear between grid points."""
+        neg_log_alpha = self._negative_log_mean_coeff_from_ratio(torch.as_tensor(ratio, dtype=torch.float64))
+        if self._log_alphas_cumprod is None:
+            a, b = 0.25 * (self.beta_max - self.beta_min), 0.5 * self.beta_min
+            t = 2 * neg_log_alpha / (b + torch.sqrt(b**2 + 4 * a * neg_log_alpha))
+            return t.clamp(0, self.T)
+        # −log ᾱ is non-decreasing along the table; find the segment holding 2L and interpolate inside it.
+        table = -self._log_alphas_cumprod.to(neg_log_alpha.device)
+        target = (2 * neg_log_alpha).clamp(float(table[0]), float(table[-1]))
+        last = table.numel() - 1
+        index = (torch.searchsorted(table, target, right=True) - 1).clamp(0, last - 1)
+        low, high = table[index], table[index + 1]
+        width = high - low
+        fraction = torch.where(width > 0, (target - low) / torch.where(width > 0, width, 1), torch.zeros_like(low))
+        return (index + fraction.clamp(0, 1)) / last
+
 
 class VPSDE(_VariancePreservingFamily):
     """Variance-preserving SDE (DDPM in continuous time).
@@ -262,8 +280,14 @@ class VPSDE(_VariancePreservingFamily):
             linear schedule (any Diffusers `beta_schedule`).
     """
 
+    sde_type = "vp"
+
     def marginal_std(self, t: TimeLike) -> torch.Tensor:
         return torch.sqrt(-torch.expm1(2 * self.log_mean_coeff(t)))
+
+    def _negative_log_mean_coeff_from_ratio(self, ratio: torch.Tensor) -> torch.Tensor:
+        # σ² = 1 − α², so ratio² = α⁻² − 1 and −log α = ½ log(1 + ratio²).
+        return 0.5 * torch.log1p(ratio**2)
 
     def diffusion(self, t: TimeLike) -> torch.Tensor:
         return torch.sqrt(self.beta(t))
@@ -277,8 +301,14 @@ class SubVPSDE(_VariancePreservingFamily):
     Args: as for `VPSDE`.
     """
 
+    sde_type = "subvp"
+
     def marginal_std(self, t: TimeLike) -> torch.Tensor:
         return -torch.expm1(2 * self.log_mean_coeff(t))
+
+    def _negative_log_mean_coeff_from_ratio(self, ratio: torch.Tensor) -> torch.Tensor:
+        # σ = 1 − α², so ratio = α⁻¹ − α = 2 sinh(−log α).
+        return torch.asinh(ratio / 2)
 
     def diffusion(self, t: TimeLike) -> torch.Tensor:
         return torch.sqrt(self.beta(t) * -torch.expm1(4 * self.log_mean_coeff(t)))

@@ -15,7 +15,8 @@ import pytest
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from conftest import tiny_unet
-from score_diffusers.cli import GRID_GUTTER, GRID_MIN_WIDTH, SCHEDULERS, main
+from score_diffusers.cli import SCHEDULERS, main
+from score_diffusers.image_grid import GRID_GUTTER, GRID_MIN_WIDTH
 
 IMAGE_SIZE = 8
 NUM_TRAIN_TIMESTEPS = 100

@@ -74,7 +74,7 @@ def test_exact_divergence_matches_closed_form(sde_type, data):
 
     assert out.log_likelihood.shape == out.bits_per_dim.shape == (NUM_SAMPLES,)
     assert out.latent.shape == samples.shape and out.nfe > 0
-    true = mixture.log_prob(samples, *_marginal(scheduler, scheduler._sampling_eps))
+    true = mixture.log_prob(samples, *_marginal(scheduler, scheduler.sampling_eps))
     assert _to_bpd(out.log_likelihood - true).abs().max() < BPD_TOLERANCE
     # The solver alone: swap the prior for the exact density at t = 1.
     prior_gap = out.prior_log_prob - mixture.log_prob(out.latent, *_marginal(scheduler, 1.0))

@@ -24,6 +24,7 @@ from conftest import (
 
 from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
 from score_diffusers.analytic import ExactScoreModel, GaussianMixture, run_loop
+from score_diffusers.checks import SamplingError
 from score_diffusers.schedulers import ScoreSchedulerMixin
 from score_diffusers.schedulers.scheduling_predictor_corrector import CORRECTOR_NORMS, CORRECTORS, PREDICTORS
 from score_diffusers.schedulers.scheduling_probability_flow import SOLVERS, TIME_SPACINGS
@@ -323,7 +324,7 @@ class ScoreSchedulerCommonTest:
             sample = scheduler.step(model(sample, timestep), timestep, sample).prev_sample
         model_output = model(sample, scheduler.timesteps[middle])
         model_output[1, 3] = bad_value
-        with pytest.raises(ValueError, match="model_output"):
+        with pytest.raises(SamplingError, match="model_output"):
             scheduler.step(model_output, scheduler.timesteps[middle], sample)
 
     def test_stepping_past_the_end(self, config, mixture):

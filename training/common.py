@@ -34,7 +34,7 @@ from diffusers.training_utils import EMAModel
 from PIL import Image
 from tqdm.auto import tqdm
 
-from score_diffusers.cli import image_grid
+from score_diffusers.image_grid import image_grid
 
 logger = get_logger(__name__, log_level="INFO")
 

@@ -29,7 +29,6 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from score_diffusers import NoiseConditionalClassifier, ScoreGuidedPipeline
-from score_diffusers.schedulers.scheduling_utils import DEFAULT_SAMPLING_EPS
 from training import common
 
 logger = common.logger
@@ -93,7 +92,7 @@ def check_data_matches(data: common.ImageBatchDataset, unet_config, source: str)
 
 def time_range(scheduler) -> float:
     """ε: the smallest training time, where the pipeline's sampler stops."""
-    return DEFAULT_SAMPLING_EPS[scheduler.config.get("sde_type", "ve")]
+    return scheduler.sampling_eps
 
 
 def make_loss(scheduler, eps: float) -> common.LossFunction:

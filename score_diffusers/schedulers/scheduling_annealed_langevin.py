@@ -9,15 +9,16 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 # up in the component's own module, so the scheduler modules must expose `SchedulerMixin`.
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
-from ..sde import VESDE
+import math
+
+from .. import sampling
+from ..checks import check_number, check_positive_int
 from .scheduling_utils import (
-    PREDICTION_TYPES,
-    TIMESTEP_TYPES,
     PredictionType,
+    ScheduleGrid,
     ScoreSchedulerMixin,
     ScoreSchedulerOutput,
     TimestepType,
-    check_positive_int,
 )
 
 
@@ -73,12 +74,22 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
         prediction_type: PredictionType = "score",
         timestep_type: TimestepType = "sigma",
     ):
-        self._check_config({"prediction_type": PREDICTION_TYPES, "timestep_type": TIMESTEP_TYPES})
-        check_positive_int("num_train_timesteps", num_train_timesteps)
         check_positive_int("steps_per_level", steps_per_level)
-        if step_size <= 0:
-            raise ValueError(f"`step_size` must be > 0; got {step_size}.")
-        self._set_sde(VESDE(sigma_min=sigma_min, sigma_max=sigma_max))
+        check_number("step_size", step_size, 0, math.inf, low_open=True, high_open=True)
+        self._configure(self._convention_config(), {})
+
+    def _convention_config(self) -> dict:
+        """The VE SDE of the levels; sampling ends on the last level, σ_min at t = 0."""
+        config = self.config
+        return {
+            "sde_type": "ve",
+            "sigma_min": config.sigma_min,
+            "sigma_max": config.sigma_max,
+            "num_train_timesteps": config.num_train_timesteps,
+            "prediction_type": config.prediction_type,
+            "timestep_type": config.timestep_type,
+            "sampling_eps": 0.0,
+        }
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Set `num_inference_steps` noise levels from σ_max down to σ_min and reset the step state.
@@ -97,7 +108,13 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
         # Validated before any state changes: a refused call leaves the previous schedule intact.
         self._noise_stds = self._consistent_noise_stds(sigmas, num_inference_steps) if self.config.consistent else None
         self._sigmas = sigmas
-        self._reset_timesteps(self.timestep_for_time(times), num_inference_steps, device)
+        # Each Langevin entry leaves a sample at the next entry's level (its own, for the last); the final denoising
+        # step returns the data estimate.
+        next_times = torch.cat([times[1:], times[-1:]])
+        lands_on_data = torch.zeros(len(times), dtype=torch.bool)
+        lands_on_data[-1] = self.config.final_denoising
+        grid = ScheduleGrid.build(self.convention, times, next_times, lands_on_data)
+        self._reset_timesteps(self.timestep_for_time(times), num_inference_steps, device, grid)
 
     def _consistent_noise_stds(self, sigmas: list[float], num_inference_steps: int) -> list[float]:
         """√(σ'² − (1 − η)²σ²) for every Langevin entry of `sigmas`, σ' the next entry's level (σ_min after the last
@@ -105,16 +122,16 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
         eta = self.config.step_size / (2 * self.config.sigma_min**2)
         langevin_sigmas = sigmas[: num_inference_steps * self.config.steps_per_level]
         next_sigmas = langevin_sigmas[1:] + langevin_sigmas[-1:]
-        shrunk = [abs(1 - eta) * sigma for sigma in langevin_sigmas]
-        if any(low > next_sigma * (1 + 1e-12) for low, next_sigma in zip(shrunk, next_sigmas)):
-            ratio = min(next_sigma / sigma for sigma, next_sigma in zip(langevin_sigmas, next_sigmas))
+        pairs = list(zip(langevin_sigmas, next_sigmas))
+        if any(abs(1 - eta) * sigma > next_sigma * (1 + 1e-12) for sigma, next_sigma in pairs):
+            ratio = min(next_sigma / sigma for sigma, next_sigma in pairs)
             raise ValueError(
                 f"`consistent` sampling needs |1 − η|·σ_i ≤ σ_(i+1), η = step_size/(2·sigma_min²) = {eta:.4g}: with "
                 f"num_inference_steps={num_inference_steps} levels, `step_size` must be in "
                 f"[{2 * self.config.sigma_min**2 * (1 - ratio):.4g}, {2 * self.config.sigma_min**2 * (1 + ratio):.4g}]"
                 f"; got {self.config.step_size}."
             )
-        return [max(next_sigma**2 - low**2, 0.0) ** 0.5 for low, next_sigma in zip(shrunk, next_sigmas)]
+        return [sampling.consistent_noise_std(sigma, next_sigma, eta) for sigma, next_sigma in pairs]
 
     def step(
         self,
@@ -138,8 +155,8 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
         """
         index = self._begin_step(model_output, timestep, sample)
         sigma = self._sigmas[index]
-        score = self._score(model_output, sigma)
-        pred_original = self._denoised(sample, score, 1.0, sigma)
+        score = self.convention.score_from_output(model_output, sigma)
+        pred_original = self.convention.denoised(sample, score, 1.0, sigma)
         is_denoising_step = self.config.final_denoising and index == len(self._sigmas) - 1
         if is_denoising_step:
             prev_sample = prev_mean = pred_original
@@ -147,7 +164,7 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
             langevin_step = 0.5 * self.config.step_size * (sigma / self.config.sigma_min) ** 2
             noise = self._noise_like(sample, generator)
             noise_std = None if self._noise_stds is None else self._noise_stds[index]
-            prev_sample, prev_mean = self._langevin_update(sample, score, langevin_step, noise, noise_std)
+            prev_sample, prev_mean = sampling.langevin_step(sample, score, langevin_step, noise, noise_std)
         if not return_dict:
             return prev_sample, prev_mean, pred_original
         return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)

@@ -11,16 +11,17 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 # up in the component's own module, so the scheduler modules must expose `SchedulerMixin`.
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
-from ..sde import append_dims
+from .. import sampling
+from ..checks import check_int, check_number, check_positive_int
 from .scheduling_utils import (
     SDE_TYPES,
     BetaSchedule,
     PredictionType,
+    ScheduleGrid,
     ScoreSchedulerMixin,
     ScoreSchedulerOutput,
     SDEType,
     TimestepType,
-    check_positive_int,
 )
 
 Predictor = Literal["euler_maruyama", "reverse_diffusion", "ancestral"]
@@ -29,8 +30,6 @@ CorrectorNorm = Literal["sample", "batch"]
 PREDICTORS: tuple[str, ...] = ("euler_maruyama", "reverse_diffusion", "ancestral")
 CORRECTORS: tuple[str, ...] = ("langevin", "none")
 CORRECTOR_NORMS: tuple[str, ...] = ("sample", "batch")
-# ‖score‖ below this counts as zero when sizing a Langevin step, so the step stays finite.
-_MIN_SCORE_NORM = 1e-12
 
 
 class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
@@ -121,17 +120,17 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         prediction_type: PredictionType = "score",
         timestep_type: TimestepType = "continuous",
     ):
-        if not 0 < snr < math.inf:
-            raise ValueError(f"`snr` must be a finite number > 0; got {snr}.")
-        if prior_snr is not None and not 0 < prior_snr < math.inf:
-            raise ValueError(
-                f"`prior_snr` must be a finite number > 0, or None for a constant snr; got {prior_snr}."
-            )
-        if not 0 <= snr_ramp_start < 1:
-            raise ValueError(f"`snr_ramp_start` must lie in [0, 1); got {snr_ramp_start}.")
-        if isinstance(correct_steps, bool) or not isinstance(correct_steps, int) or correct_steps < 0:
-            raise ValueError(f"`correct_steps` must be an integer >= 0; got {correct_steps!r}.")
-        self._configure_sde({"predictor": PREDICTORS, "corrector": CORRECTORS, "corrector_norm": CORRECTOR_NORMS})
+        check_number("snr", snr, 0, math.inf, low_open=True, high_open=True)
+        check_number(
+            "prior_snr", prior_snr, 0, math.inf, low_open=True, high_open=True, allow_none=True,
+            none_means="for a constant snr",
+        )
+        check_number("snr_ramp_start", snr_ramp_start, 0, 1, high_open=True)
+        check_int("correct_steps", correct_steps, 0)
+        self._configure(
+            self._convention_config(),
+            {"predictor": PREDICTORS, "corrector": CORRECTORS, "corrector_norm": CORRECTOR_NORMS},
+        )
 
     @property
     def evaluations_per_time(self) -> int:
@@ -147,8 +146,7 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
             device (`str` or `torch.device`, *optional*): where `timesteps` live.
         """
         check_positive_int("num_inference_steps", num_inference_steps)
-        eps = self._sampling_eps
-        times = torch.linspace(self.sde.T, eps, num_inference_steps, dtype=torch.float64)
+        times = torch.linspace(self.sde.T, self.sampling_eps, num_inference_steps, dtype=torch.float64)
         next_times = torch.cat([times[1:], times.new_zeros(1)])
         # The last step lands on the data: α = 1, σ = 0.
         alphas = torch.cat([self.sde.mean_coeff(times), times.new_ones(1)])
@@ -166,8 +164,14 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
             # DDPM table's β(t) is large (squaredcos_cap_v2 clips β_i at 0.999, so 1 − β(t)/N would turn negative).
             self._corrector_alphas = torch.exp(-self.sde.beta(times) / self.config.num_train_timesteps).tolist()
         self._corrector_snrs = self._snr_schedule(times).tolist()
-        model_timesteps = self.timestep_for_time(times).repeat_interleave(self.evaluations_per_time)
-        self._reset_timesteps(model_timesteps, num_inference_steps, device)
+        # Per entry: the corrector entries of a time point stay at t_i, its predictor entry moves to t_{i+1}.
+        per_entry = self.evaluations_per_time
+        is_predictor = torch.arange(num_inference_steps * per_entry) % per_entry == per_entry - 1
+        entry_times = times.repeat_interleave(per_entry)
+        entry_next = torch.where(is_predictor, next_times.repeat_interleave(per_entry), entry_times)
+        lands_on_data = is_predictor & (torch.arange(len(entry_times)) >= len(entry_times) - per_entry)
+        grid = ScheduleGrid.build(self.convention, entry_times, entry_next, lands_on_data)
+        self._reset_timesteps(self.timestep_for_time(entry_times), num_inference_steps, device, grid)
 
     def _snr_schedule(self, times: torch.Tensor) -> torch.Tensor:
         """snr_i at each time t_i: `snr` up to `snr_ramp_start`, then linear in t up to `prior_snr` at t = T."""
@@ -201,14 +205,14 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         index = self._begin_step(model_output, timestep, sample, check_finite=False)
         i, position = divmod(index, self.evaluations_per_time)
         alpha, sigma = self._alphas[i], self._sigmas[i]
-        score = self._score(model_output, sigma)
+        score = self.convention.score_from_output(model_output, sigma)
         if position < self.evaluations_per_time - 1:
             # Checks the output for NaN and inf through the norms it computes anyway.
             prev_sample, prev_mean = self._langevin_correct(sample, score, index, generator)
         else:
             self._check_finite(model_output, index)
             prev_sample, prev_mean = self._predict(sample, score, i, generator)
-        pred_original = self._denoised(sample, score, alpha, sigma)
+        pred_original = self.convention.denoised(sample, score, alpha, sigma)
         if not return_dict:
             return prev_sample, prev_mean, pred_original
         return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
@@ -218,36 +222,26 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Langevin step η = 2·α_i·(snr_i·‖z‖/‖score‖)² at entry `index` of `timesteps`."""
         noise = self._noise_like(sample, generator)
-        score_norm = score.reshape(score.shape[0], -1).norm(dim=1)
+        score_norm = sampling.per_sample_norm(score)
         self._check_finite(score_norm, index)
-        noise_norm = noise.reshape(noise.shape[0], -1).norm(dim=1)
         i = index // self.evaluations_per_time
-        corrector_alpha, snr = self._corrector_alphas[i], self._corrector_snrs[i]
-        if self.config.corrector_norm == "batch":
-            # One step size for the batch, as a Python float: the update is then two fused scalar axpy passes.
-            noise_mean, score_mean = torch.stack([noise_norm.mean(), score_norm.mean()]).tolist()
-            ratio = noise_mean / max(score_mean, _MIN_SCORE_NORM)
-            step_size = 2 * corrector_alpha * (snr * ratio) ** 2
-        else:
-            ratio = noise_norm / score_norm.clamp_min(_MIN_SCORE_NORM)
-            step_size = append_dims(2 * corrector_alpha * (snr * ratio) ** 2, sample.ndim)
-        return self._langevin_update(sample, score, step_size, noise)
+        step_size = sampling.langevin_step_size(
+            score_norm, sampling.per_sample_norm(noise), self._corrector_snrs[i], self._corrector_alphas[i],
+            self.config.corrector_norm, sample.ndim,
+        )
+        return sampling.langevin_step(sample, score, step_size, noise)
 
     def _predict(self, sample: torch.Tensor, score: torch.Tensor, i: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
         predictor = self.config.predictor
         a, b = self._transition_a[i], self._transition_b[i]
         if predictor == "euler_maruyama":
-            dt, g = self._time_deltas[i], self._diffusions[i]
-            # x + (f·x − g²·score)·Δt
-            mean = torch.add(sample * (1 + self._drift_coeffs[i] * dt), score, alpha=-(g**2) * dt)
-            std = g * abs(dt) ** 0.5
+            mean, std = sampling.euler_maruyama_step(
+                sample, score, self._drift_coeffs[i], self._diffusions[i], self._time_deltas[i]
+            )
         elif predictor == "reverse_diffusion":
-            mean = torch.add(sample if a == 1 else sample * (2 - a), score, alpha=b**2)
-            std = b
+            mean, std = sampling.reverse_diffusion_step(sample, score, a, b)
         else:
-            mean = torch.add(sample, score, alpha=b**2)
-            mean = mean if a == 1 else mean.div_(a)
-            std = b * self._sigmas[i + 1] / self._sigmas[i]
+            mean, std = sampling.ancestral_step(sample, score, a, b, self._sigmas[i], self._sigmas[i + 1])
         if i == self.num_inference_steps - 1:
             return mean, mean
-        return torch.add(mean, self._noise_like(sample, generator), alpha=std), mean
+        return sampling.add_noise(mean, self._noise_like(sample, generator), std), mean

@@ -12,15 +12,17 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 # up in the component's own module, so the scheduler modules must expose `SchedulerMixin`.
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
+from .. import sampling
+from ..checks import check_number, check_positive_int
 from .scheduling_utils import (
     SDE_TYPES,
     BetaSchedule,
     PredictionType,
+    ScheduleGrid,
     ScoreSchedulerMixin,
     ScoreSchedulerOutput,
     SDEType,
     TimestepType,
-    check_positive_int,
 )
 
 Solver = Literal["euler", "heun", "dpmpp_2m"]
@@ -96,15 +98,13 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         prediction_type: PredictionType = "score",
         timestep_type: TimestepType = "continuous",
     ):
-        self._configure_sde({"solver": SOLVERS, "time_spacing": TIME_SPACINGS})
+        self._configure(self._convention_config(), {"solver": SOLVERS, "time_spacing": TIME_SPACINGS})
         for argument, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_noise", s_noise)):
-            if not value >= 0:
-                raise ValueError(f"`{argument}` must be >= 0; got {value}.")
-        if s_tmax is not None and not s_tmax >= s_tmin:
-            raise ValueError(f"`s_tmax` must be >= `s_tmin` ({s_tmin}) or None; got {s_tmax}.")
+            check_number(argument, value, 0, math.inf, high_open=True)
+        check_number("s_tmax", s_tmax, s_tmin, math.inf, allow_none=True, none_means="for no upper bound")
 
     def _time_grid(self, num_points: int) -> torch.Tensor:
-        eps = self._sampling_eps
+        eps = self.sampling_eps
         if self.config.time_spacing == "uniform" or num_points == 1:
             return torch.linspace(self.sde.T, eps, num_points, dtype=torch.float64)
         ratio_max = self.sde.noise_to_signal(torch.tensor(self.sde.T, dtype=torch.float64))
@@ -116,7 +116,7 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
             inverse_rho = 1 / KARRAS_RHO
             ratios = (ratio_max**inverse_rho + fractions * (ratio_min**inverse_rho - ratio_max**inverse_rho)) ** KARRAS_RHO
         times = self.sde.time_from_noise_to_signal(ratios)
-        # Pin the ends exactly: bisection leaves them a few ulps off.
+        # Pin the ends exactly: the inverse leaves them a few ulps off.
         times[0], times[-1] = self.sde.T, eps
         return times
 
@@ -130,7 +130,8 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         check_positive_int("num_inference_steps", num_inference_steps)
         times = self._time_grid(num_inference_steps)
         ratios = self.sde.noise_to_signal(times)
-        start_ratios = self._raised_ratios(ratios)
+        config = self.config
+        start_ratios = sampling.churned_ratios(ratios, config.s_churn, config.s_tmin, config.s_tmax)
         raised = start_ratios > ratios
         start_times = times.clone()
         start_times[raised] = self.sde.time_from_noise_to_signal(start_ratios[raised])
@@ -154,17 +155,18 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         self._heun_state: tuple[torch.Tensor, torch.Tensor] | None = None
         self._previous_denoised: torch.Tensor | None = None
         model_times = torch.stack([times[i + 1] if kind == "correct" else start_times[i] for kind, i in self._plan])
-        self._reset_timesteps(self.timestep_for_time(model_times), num_inference_steps, device)
+        # Heun's first half lands on the grid point t_{i+1}; every other entry lands where the next interval starts
+        # (raised by the churn), or on the data after the last point.
+        next_times = torch.stack(
+            [times[i + 1] if kind == "predict" else start_times[min(i + 1, last)] for kind, i in self._plan]
+        )
+        lands_on_data = torch.tensor([kind != "predict" and i == last for kind, i in self._plan])
+        grid = ScheduleGrid.build(self.convention, model_times, next_times, lands_on_data)
+        self._reset_timesteps(self.timestep_for_time(model_times), num_inference_steps, device, grid)
 
-    def _raised_ratios(self, ratios: torch.Tensor) -> torch.Tensor:
-        """σ̄̂_i = min((1 + γ)σ̄_i, σ̄_0), γ = min(s_churn/n, √2 − 1), at the grid points i ≥ 1 with
-        s_tmin ≤ σ̄_i ≤ s_tmax; σ̄_i elsewhere."""
-        config = self.config
-        gamma = min(config.s_churn / len(ratios), math.sqrt(2) - 1)
-        upper = math.inf if config.s_tmax is None else config.s_tmax
-        in_range = (ratios >= config.s_tmin) & (ratios <= upper)
-        in_range[0] = False
-        return torch.where(in_range, torch.clamp(ratios * (1 + gamma), max=ratios[0]), ratios)
+    def _can_begin_at(self, index: int) -> bool:
+        # Heun's second evaluation needs the first half of its interval.
+        return self._plan[index][0] != "correct"
 
     def step(
         self,
@@ -194,19 +196,18 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
             alpha, sigma, ratio = self._alphas[i + 1], self._sigmas[i + 1], self._ratios[i + 1]
         else:
             alpha, sigma, ratio = self._start_alphas[i], self._start_sigmas[i], self._start_ratios[i]
-        score = self._score(model_output, sigma)
-        pred_original = self._denoised(sample, score, alpha, sigma)
+        score = self.convention.score_from_output(model_output, sigma)
+        pred_original = self.convention.denoised(sample, score, alpha, sigma)
         scaled = sample if alpha == 1 else sample / alpha
         target = self._multistep_denoised(pred_original, i) if self.config.solver == "dpmpp_2m" else pred_original
-        # dx̄/dσ̄ = (x̄ − x̂₀)/σ̄ at this evaluation.
-        derivative = torch.sub(scaled, target).div_(ratio)
+        derivative = sampling.ode_derivative(scaled, target, ratio)
         step = self._ratios[i + 1] - self._start_ratios[i]
         if kind == "correct":
             scaled_start, start_derivative = self._heun_state
             self._heun_state = None
-            scaled_next = torch.add(scaled_start, start_derivative.add_(derivative), alpha=0.5 * step)
+            scaled_next = sampling.heun_step(scaled_start, start_derivative, derivative, step)
         else:
-            scaled_next = torch.add(scaled, derivative, alpha=step)
+            scaled_next = sampling.euler_step(scaled, derivative, step)
             if kind == "predict":
                 self._heun_state = (scaled, derivative)
         # Heun's first half and the last step land on the grid; other steps land where the next interval starts.
@@ -215,8 +216,8 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         prev_mean = scaled_next if next_alpha == 1 else scaled_next.mul_(next_alpha)
         prev_sample = prev_mean
         if not lands_on_grid and self._start_ratios[i + 1] > self._ratios[i + 1]:
-            added_std = self.config.s_noise * math.sqrt(self._start_ratios[i + 1] ** 2 - self._ratios[i + 1] ** 2)
-            prev_sample = torch.add(prev_mean, self._noise_like(sample, generator), alpha=next_alpha * added_std)
+            added_std = sampling.churn_noise_std(self._start_ratios[i + 1], self._ratios[i + 1], self.config.s_noise)
+            prev_sample = sampling.add_noise(prev_mean, self._noise_like(sample, generator), next_alpha * added_std)
         if not return_dict:
             return prev_sample, prev_mean, pred_original
         return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
@@ -230,4 +231,4 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         if previous is None or ratios[i + 1] == 0 or starts[i] > ratios[i]:
             return denoised
         step_ratio = math.log(starts[i - 1] / ratios[i]) / math.log(starts[i] / ratios[i + 1])
-        return torch.add(denoised, denoised - previous, alpha=1 / (2 * step_ratio))
+        return sampling.dpmpp_2m_denoised(denoised, previous, step_ratio)

@@ -1,91 +1,88 @@
-"""What every score scheduler shares: configuration choices, the SDE behind a config, the mapping between
-continuous time t and what the model receives as its timestep, model output ↔ score, and step bookkeeping.
-
-Time conventions (`timestep_type`), one per SDE family, with N = `num_train_timesteps`:
-
-- ``"continuous"``: the model receives t ∈ [ε, 1].
-- ``"sigma"``: the model receives the noise level σ_t/α_t (σ(t) itself for VE, as NCSN / NCSN++ models do;
-  EDM's σ for VP and sub-VP).
-- ``"discrete"``: the model receives an index on the training grid, fractional between grid points.
-  VP and sub-VP follow DDPM, index = t·(N − 1) (0 is the least noise); VE follows NCSN,
-  index = (1 − t)·(N − 1) (0 is σ_max).
+"""What every score scheduler shares: the model convention behind a config (`conventions.ModelConvention`), the
+public grid of each run, configs from other schedulers, and step bookkeeping. Time conventions (`timestep_type`) are
+described in `score_diffusers.conventions`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, ScoreSdeVeScheduler
+from diffusers import ScoreSdeVeScheduler
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..sde import SDE, SubVPSDE, VESDE, VPSDE
+from ..checks import SamplingError, check_choice, check_int, check_positive_int
+from ..conventions import (
+    BETA_SCHEDULES,
+    CONVENTION_DEFAULTS,
+    PREDICTION_TYPES,
+    SDE_TYPES,
+    TIMESTEP_TYPES,
+    BetaSchedule,
+    ModelConvention,
+    PredictionType,
+    SDEType,
+    TimestepType,
+    config_source,
+    convention_config_from_ddpm,
+    convention_config_from_score_sde_ve,
+)
+from ..sde import TimeLike
 
-PredictionType = Literal["score", "epsilon"]
-TimestepType = Literal["sigma", "discrete", "continuous"]
-SDEType = Literal["ve", "vp", "subvp"]
-BetaSchedule = Literal["continuous_linear", "linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"]
-
-PREDICTION_TYPES: tuple[str, ...] = ("score", "epsilon")
-TIMESTEP_TYPES: tuple[str, ...] = ("sigma", "discrete", "continuous")
-SDE_TYPES: tuple[str, ...] = ("ve", "vp", "subvp")
-BETA_SCHEDULES: tuple[str, ...] = ("continuous_linear", "linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
-
-# Where sampling stops when `sampling_eps` is left unset (score_sde's choices).
-DEFAULT_SAMPLING_EPS = {"ve": 1e-5, "vp": 1e-3, "subvp": 1e-3}
-
-_DDPM_FAMILY = {"DDPMScheduler": DDPMScheduler, "DDIMScheduler": DDIMScheduler}
-
-
-def check_choice(argument: str, value: Any, choices: tuple[str, ...]) -> None:
-    """Raise a `ValueError` naming `argument` and the accepted values unless `value` is one of `choices`."""
-    if value not in choices:
-        raise ValueError(f"`{argument}` must be one of {', '.join(repr(c) for c in choices)}; got {value!r}.")
+__all__ = [
+    "BETA_SCHEDULES",
+    "PREDICTION_TYPES",
+    "SDE_TYPES",
+    "TIMESTEP_TYPES",
+    "BetaSchedule",
+    "PredictionType",
+    "SDEType",
+    "TimestepType",
+    "ScheduleGrid",
+    "ScoreSchedulerMixin",
+    "ScoreSchedulerOutput",
+    "check_choice",
+    "check_positive_int",
+]
 
 
-def check_positive_int(argument: str, value: Any) -> None:
-    """Raise a `ValueError` naming `argument` unless `value` is an integer ≥ 1."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{argument}` must be an integer >= 1; got {value!r}.")
+@dataclass(frozen=True)
+class ScheduleGrid:
+    """Where each entry of a scheduler's `timesteps` stands, so a pipeline can act between steps.
 
-
-def build_sde(
-    sde_type: str,
-    sigma_min: float,
-    sigma_max: float,
-    beta_min: float,
-    beta_max: float,
-    beta_schedule: str,
-    beta_start: float,
-    beta_end: float,
-    num_train_timesteps: int,
-    trained_betas: list[float] | None = None,
-) -> SDE:
-    """The SDE a scheduler config describes.
-
-    VE uses `sigma_min`/`sigma_max`. VP and sub-VP use the continuous linear β(t) from `beta_min`/`beta_max`
-    when `beta_schedule="continuous_linear"` and no `trained_betas` are given; otherwise the ᾱ table that Diffusers'
-    own `DDPMScheduler` builds from (`num_train_timesteps`, `beta_start`, `beta_end`, `beta_schedule`,
-    `trained_betas`), so a checkpoint is sampled on exactly the schedule it was trained with.
+    All fields are float64 tensors of shape `(len(timesteps),)` on the CPU. Entry k evaluates the model at time
+    `times[k]`, where x_t = α·x₀ + σ·z with α = `alphas[k]`, σ = `sigmas[k]`; `step` then returns a sample at
+    `next_times[k]` (`next_alphas[k]`, `next_sigmas[k]`). A corrector entry does not move in time (next = current);
+    where the step returns the data estimate, `next_sigmas` is 0, `next_alphas` 1 and `next_times` 0.
     """
-    check_choice("sde_type", sde_type, SDE_TYPES)
-    check_choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-    if sde_type == "ve":
-        return VESDE(sigma_min=sigma_min, sigma_max=sigma_max)
-    sde_class = VPSDE if sde_type == "vp" else SubVPSDE
-    if beta_schedule == "continuous_linear" and trained_betas is None:
-        return sde_class(beta_min=beta_min, beta_max=beta_max)
-    table = DDPMScheduler(
-        num_train_timesteps=num_train_timesteps,
-        beta_start=beta_start,
-        beta_end=beta_end,
-        beta_schedule="linear" if beta_schedule == "continuous_linear" else beta_schedule,
-        trained_betas=trained_betas,
-    ).alphas_cumprod
-    return sde_class(beta_min=beta_min, beta_max=beta_max, alphas_cumprod=table)
+
+    times: torch.Tensor
+    alphas: torch.Tensor
+    sigmas: torch.Tensor
+    next_times: torch.Tensor
+    next_alphas: torch.Tensor
+    next_sigmas: torch.Tensor
+
+    @classmethod
+    def build(cls, convention: ModelConvention, times: torch.Tensor, next_times: torch.Tensor,
+              lands_on_data: torch.Tensor) -> ScheduleGrid:
+        """The grid of evaluation times `times` and step targets `next_times` (float64), the targets marked in
+        `lands_on_data` (bool) being the data itself."""
+        alphas, sigmas = convention.coefficients(times)
+        next_alphas, next_sigmas = convention.coefficients(next_times)
+        data = lands_on_data.to(torch.bool)
+        return cls(
+            times=times,
+            alphas=alphas,
+            sigmas=sigmas,
+            next_times=torch.where(data, torch.zeros_like(next_times), next_times),
+            next_alphas=torch.where(data, torch.ones_like(next_alphas), next_alphas),
+            next_sigmas=torch.where(data, torch.zeros_like(next_sigmas), next_sigmas),
+        )
 
 
 @dataclass
@@ -109,8 +106,9 @@ class ScoreSchedulerOutput(BaseOutput):
 class ScoreSchedulerMixin(SchedulerMixin):
     """Base of the package's score schedulers.
 
-    Subclasses call `_set_sde` in `__init__`, build `self.timesteps` in `set_timesteps` through
-    `_reset_timesteps`, and open every `step` with `_begin_step`, which enforces the call order.
+    Subclasses call `_configure` in `__init__` with the config's convention keys, build each run in `set_timesteps`
+    through `_reset_timesteps` (model timesteps and the public `grid`), and open every `step` with `_begin_step`,
+    which enforces the call order. The update rules themselves live in `score_diffusers.sampling`.
     """
 
     order = 1
@@ -122,13 +120,31 @@ class ScoreSchedulerMixin(SchedulerMixin):
         super().__init_subclass__(**kwargs)
         ScoreSchedulerMixin._score_scheduler_classes.append(cls)
 
-    # ---- SDE and time conventions ---------------------------------------------------------------------------
+    # ---- the model convention ------------------------------------------------------------------------------------
 
-    def _set_sde(self, sde: SDE) -> None:
-        self.sde = sde
+    def _configure(self, convention_config: Mapping[str, Any], own_choices: dict[str, tuple[str, ...]]) -> None:
+        """Validate the subclass's `own_choices` and build the convention `convention_config` describes."""
+        for argument, accepted in own_choices.items():
+            check_choice(argument, getattr(self.config, argument), accepted)
+        for argument, accepted in (("prediction_type", PREDICTION_TYPES), ("timestep_type", TIMESTEP_TYPES)):
+            check_choice(argument, convention_config[argument], accepted)
+        check_positive_int("num_train_timesteps", convention_config["num_train_timesteps"])
+        self.convention = ModelConvention.from_config(convention_config)
+        self.sde = self.convention.sde
         self.num_inference_steps: int | None = None
         self.timesteps: torch.Tensor | None = None
+        self._grid: ScheduleGrid | None = None
         self._step_index: int | None = None
+        self._begin_index: int = 0
+
+    def _convention_config(self) -> dict[str, Any]:
+        """This config's convention keys (all score schedulers but annealed Langevin hold every one)."""
+        return {key: self.config[key] for key in CONVENTION_DEFAULTS}
+
+    @property
+    def sampling_eps(self) -> float:
+        """ε, the last time of sampling (and the likelihood's lower integration limit)."""
+        return self.convention.sampling_eps
 
     @property
     def init_noise_sigma(self) -> float:
@@ -140,52 +156,40 @@ class ScoreSchedulerMixin(SchedulerMixin):
         """Index into `timesteps` of the next `step` call; `None` before `set_timesteps`."""
         return self._step_index
 
-    def _discrete_scale(self) -> float:
-        return float(self.config.num_train_timesteps - 1)
+    @property
+    def begin_index(self) -> int:
+        """Index into `timesteps` of the run's first step (`set_begin_index`); 0 by default."""
+        return self._begin_index
 
-    def timestep_for_time(self, t: torch.Tensor | float) -> torch.Tensor:
-        """What the model receives as its timestep at continuous time `t` (see the module docstring)."""
-        t = torch.as_tensor(t, dtype=torch.float64)
-        timestep_type = self.config.timestep_type
-        if timestep_type == "continuous":
-            return t
-        if timestep_type == "sigma":
-            return self.sde.noise_to_signal(t)
-        # NCSN labels count down from σ_max; DDPM indices count up from the least noise.
-        if isinstance(self.sde, VESDE):
-            return (1 - t) * self._discrete_scale()
-        return t * self._discrete_scale()
+    @property
+    def grid(self) -> ScheduleGrid:
+        """Where each entry of `timesteps` stands: its t, α, σ and those of the sample its step returns."""
+        if self._grid is None:
+            raise ValueError(f"Call `{type(self).__name__}.set_timesteps(num_inference_steps)` before reading `grid`.")
+        return self._grid
 
-    def time_for_timestep(self, timestep: torch.Tensor | float) -> torch.Tensor:
-        """Continuous time t of a model timestep; the inverse of `timestep_for_time`."""
-        timestep = torch.as_tensor(timestep).to(torch.float64)
-        timestep_type = self.config.timestep_type
-        if timestep_type == "continuous":
-            return timestep
-        if timestep_type == "sigma":
-            return self.sde.time_from_noise_to_signal(timestep)
-        if isinstance(self.sde, VESDE):
-            return 1 - timestep / self._discrete_scale()
-        return timestep / self._discrete_scale()
+    def timestep_for_time(self, t: TimeLike) -> torch.Tensor:
+        """What the model receives as its timestep at continuous time `t` (`ModelConvention.timestep`)."""
+        return self.convention.timestep(t)
 
-    def _marginal_std_at(self, timestep: torch.Tensor | float, like: torch.Tensor) -> torch.Tensor:
-        t = self.time_for_timestep(timestep)
-        std = self.sde.marginal_std(t).to(device=like.device, dtype=like.dtype)
-        return std.reshape(std.shape + (1,) * (like.ndim - std.ndim)) if std.ndim else std
+    def time_for_timestep(self, timestep: TimeLike) -> torch.Tensor:
+        """Continuous time t of a model timestep (`ModelConvention.time`, closed form)."""
+        return self.convention.time(timestep)
 
-    def score_from_model_output(self, model_output: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
-        """∇ₓ log p_t: the output itself for `prediction_type="score"`, −ε/σ_t for `"epsilon"`."""
-        if self.config.prediction_type == "score":
-            return model_output
-        return -model_output / self._marginal_std_at(timestep, model_output)
+    def score_from_model_output(self, model_output: torch.Tensor, timestep: TimeLike) -> torch.Tensor:
+        """∇ₓ log p_t from a model output at `timestep`: the output itself for `prediction_type="score"`, −ε/σ_t for
+        `"epsilon"`. Inside a run, `convention.score_from_output(output, grid.sigmas[k])` avoids the time lookup."""
+        return self.convention.score_from_output(model_output, self._sigma_at(timestep, model_output))
 
-    def model_output_from_score(self, score: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
-        """The model output that encodes `score` under this scheduler's `prediction_type` (ε = −σ_t·score)."""
-        if self.config.prediction_type == "score":
-            return score
-        return -score * self._marginal_std_at(timestep, score)
+    def model_output_from_score(self, score: torch.Tensor, timestep: TimeLike) -> torch.Tensor:
+        """The model output that encodes `score` at `timestep` under this scheduler's `prediction_type`."""
+        return self.convention.output_from_score(score, self._sigma_at(timestep, score))
 
-    def scale_model_input(self, sample: torch.Tensor, timestep: torch.Tensor | float | None = None) -> torch.Tensor:
+    def _sigma_at(self, timestep: TimeLike, like: torch.Tensor) -> torch.Tensor:
+        t = self.time_for_timestep(timestep.detach().cpu() if torch.is_tensor(timestep) else timestep)
+        return self.sde.marginal_std(t).to(device=like.device, dtype=like.dtype)
+
+    def scale_model_input(self, sample: torch.Tensor, timestep: TimeLike | None = None) -> torch.Tensor:
         """Score models take x_t unscaled; kept for interchangeability with Diffusers' loop."""
         return sample
 
@@ -194,28 +198,55 @@ class ScoreSchedulerMixin(SchedulerMixin):
     ) -> torch.Tensor:
         """Forward process x_t = α_t·x₀ + σ_t·noise at model timesteps `timesteps` (shape `(batch,)` or `()`).
 
-        `timesteps` use the same convention as the model input, so training code can draw them, feed the
-        model the same values and recover t through `time_for_timestep`.
+        `timesteps` use the same convention as the model input, so training code can draw them, feed the model the
+        same values and recover t through `time_for_timestep`. They must lie in the model's training range.
         """
-        if noise.shape != original_samples.shape:
-            raise ValueError(
-                f"`noise` must have the shape of `original_samples` {tuple(original_samples.shape)}; "
-                f"got {tuple(noise.shape)}."
-            )
-        t = self.time_for_timestep(timesteps.to("cpu") if torch.is_tensor(timesteps) else timesteps)
-        return self.sde.perturb(original_samples, t.to(original_samples), noise)
+        self.convention.check_timesteps("timesteps", timesteps)
+        t = self.time_for_timestep(timesteps.detach().cpu() if torch.is_tensor(timesteps) else timesteps)
+        return self.convention.perturb(original_samples, t, noise).sample
 
     # ---- step bookkeeping ------------------------------------------------------------------------------------
 
-    def _reset_timesteps(self, model_timesteps: torch.Tensor, num_inference_steps: int, device) -> None:
-        """Install a new run: `timesteps` as float32 model inputs and a step counter back at 0."""
+    def _reset_timesteps(
+        self, model_timesteps: torch.Tensor, num_inference_steps: int, device, grid: ScheduleGrid
+    ) -> None:
+        """Install a new run: `timesteps` as float32 model inputs, its `grid`, and a step counter back at 0."""
         self.num_inference_steps = num_inference_steps
         self.timesteps = model_timesteps.to(device=device, dtype=torch.float32)
         self._timestep_values = self.timesteps.tolist()
+        self._grid = grid
+        self._begin_index = 0
         self._step_index = 0
 
+    def _can_begin_at(self, index: int) -> bool:
+        """Whether a run may start at entry `index` (a subclass with multi-entry steps refuses their inner entries)."""
+        return True
+
+    def set_begin_index(self, begin_index: int = 0) -> None:
+        """Start the run at entry `begin_index` of `timesteps` instead of 0, as Diffusers' image-to-image pipelines do
+        with `strength`: call it after `set_timesteps` and before the first `step`, with a sample at
+        `grid.times[begin_index]`.
+
+        Args:
+            begin_index (`int`): the entry of `timesteps` the first `step` call stands for.
+        """
+        if self.timesteps is None:
+            raise ValueError(f"Call `{type(self).__name__}.set_timesteps` before `set_begin_index`.")
+        if self._step_index != self._begin_index:
+            raise ValueError("`set_begin_index` must come before the run's first `step`.")
+        check_int("begin_index", begin_index, 0)
+        if begin_index >= len(self._timestep_values) or not self._can_begin_at(begin_index):
+            starts = [k for k in range(len(self._timestep_values)) if self._can_begin_at(k)]
+            raise ValueError(
+                f"`begin_index` must be an entry of `timesteps` where a step starts, one of 0 … "
+                f"{len(self._timestep_values) - 1}{'' if len(starts) == len(self._timestep_values) else ' among ' + str(starts)}"
+                f"; got {begin_index}."
+            )
+        self._begin_index = begin_index
+        self._step_index = begin_index
+
     def _begin_step(
-        self, model_output: torch.Tensor, timestep: torch.Tensor | float, sample: torch.Tensor, check_finite: bool = True
+        self, model_output: torch.Tensor, timestep: TimeLike, sample: torch.Tensor, check_finite: bool = True
     ) -> int:
         """Validate one `step` call and return its index into `timesteps`, advancing the counter.
 
@@ -250,7 +281,7 @@ class ScoreSchedulerMixin(SchedulerMixin):
         """Stop sampling at entry `index` of `timesteps` if `values` (the model output, or norms of it) hold NaN or
         inf, found through one sum (they propagate into it) at a tenth of `isfinite().all()`'s cost."""
         if not bool(torch.isfinite(values.sum(dtype=torch.float32))):
-            raise ValueError(
+            raise SamplingError(
                 f"`model_output` holds NaN or infinite values at step {index} "
                 f"(timestep {self._timestep_values[index]}); sampling stopped."
             )
@@ -260,71 +291,6 @@ class ScoreSchedulerMixin(SchedulerMixin):
         """Standard normal noise shaped like `sample`, drawn from `generator` (one, or a list with one per sample)."""
         return randn_tensor(sample.shape, generator=generator, device=sample.device, dtype=sample.dtype)
 
-    def _score(self, model_output: torch.Tensor, sigma: float) -> torch.Tensor:
-        """The score at marginal std `sigma` from a model output of this scheduler's `prediction_type`."""
-        return model_output if self.config.prediction_type == "score" else model_output / -sigma
-
-    @staticmethod
-    def _denoised(sample: torch.Tensor, score: torch.Tensor, alpha: float, sigma: float) -> torch.Tensor:
-        """Tweedie's estimate x̂₀ = (x_t + σ_t²·score)/α_t."""
-        denoised = torch.add(sample, score, alpha=sigma**2)
-        return denoised if alpha == 1 else denoised.div_(alpha)
-
-    @staticmethod
-    def _langevin_update(
-        sample: torch.Tensor,
-        score: torch.Tensor,
-        step_size: float | torch.Tensor,
-        noise: torch.Tensor,
-        noise_std: float | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One Langevin MCMC step x ← x + η·score + √(2η)·z, or `noise_std`·z where given; returns the new sample and
-        its noise-free mean."""
-        if torch.is_tensor(step_size):
-            mean = torch.addcmul(sample, step_size, score)
-            if noise_std is None:
-                return torch.addcmul(mean, (2 * step_size).sqrt(), noise), mean
-        else:
-            mean = torch.add(sample, score, alpha=step_size)
-            if noise_std is None:
-                noise_std = (2 * step_size) ** 0.5
-        return torch.add(mean, noise, alpha=noise_std), mean
-
-    def _configure_sde(self, own_choices: dict[str, tuple[str, ...]]) -> None:
-        """Validate the config (the SDE keys plus a subclass's `own_choices`) and build the SDE it describes."""
-        config = self.config
-        self._check_config(
-            {
-                "sde_type": SDE_TYPES,
-                "beta_schedule": BETA_SCHEDULES,
-                "prediction_type": PREDICTION_TYPES,
-                "timestep_type": TIMESTEP_TYPES,
-                **own_choices,
-            }
-        )
-        check_positive_int("num_train_timesteps", config.num_train_timesteps)
-        self._set_sde(
-            build_sde(
-                config.sde_type, config.sigma_min, config.sigma_max, config.beta_min, config.beta_max,
-                config.beta_schedule, config.beta_start, config.beta_end, config.num_train_timesteps,
-                config.trained_betas,
-            )
-        )
-        self._sampling_eps = self._checked_sampling_eps(config.sampling_eps)
-
-    def _checked_sampling_eps(self, sampling_eps: float | None) -> float:
-        """The last time point ε: the configured one, else score_sde's default for the SDE; σ_ε must be > 0."""
-        eps = DEFAULT_SAMPLING_EPS[self.config.sde_type] if sampling_eps is None else float(sampling_eps)
-        if not 0 <= eps < self.sde.T or float(self.sde.marginal_std(torch.tensor(eps, dtype=torch.float64))) <= 0:
-            raise ValueError(
-                f"`sampling_eps` must lie in [0, 1) where the marginal std is positive; got {sampling_eps}."
-            )
-        return eps
-
-    def _check_config(self, choices: dict[str, tuple[str, ...]]) -> None:
-        for argument, accepted in choices.items():
-            check_choice(argument, getattr(self.config, argument), accepted)
-
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
@@ -332,26 +298,34 @@ class ScoreSchedulerMixin(SchedulerMixin):
 
     @classmethod
     def from_config(cls, config: dict[str, Any] | None = None, return_unused_kwargs: bool = False, **kwargs):
-        """Instantiate from a config of any score scheduler of this package, of `DDPMScheduler` / `DDIMScheduler`
-        (→ VP on the checkpoint's own ᾱ table, ε prediction, DDPM index timesteps) or of `ScoreSdeVeScheduler`
-        (→ VE with its σ_min, σ_max, snr, correct_steps and sampling_eps, σ timesteps, batch-averaged corrector at a
-        constant snr).
+        """Instantiate from a config of any score scheduler of this package, of a Diffusers ᾱ-table scheduler
+        (`DDPMScheduler`, `DDIMScheduler`, `EulerDiscreteScheduler`, `DPMSolverMultistepScheduler`, …: VP on the
+        checkpoint's own ᾱ table, ε prediction, DDPM index timesteps) or of `ScoreSdeVeScheduler` (→ VE with its
+        σ_min, σ_max, snr, correct_steps and sampling_eps, σ timesteps, batch-averaged corrector at a constant snr).
 
-        Keys that only a sibling score scheduler uses are dropped, as in any Diffusers scheduler swap; keys no
-        score scheduler knows raise a `ValueError`.
+        The source's convention keys (SDE, noise range, ᾱ table, prediction and timestep types, N) are kept even where
+        the source left them at its own defaults. Keys that only a sibling score scheduler uses are dropped, as in any
+        Diffusers scheduler swap; keys no score scheduler knows raise a `ValueError`.
         """
         config = dict(config if config is not None else {})
-        own_names = {klass.__name__ for klass in cls._score_scheduler_classes}
-        source = config.get("_class_name") or _foreign_source(config) or cls.__name__
-        if source in _DDPM_FAMILY:
-            config = _translate_ddpm_config(_DDPM_FAMILY[source].from_config(config).config)
-        elif source == "ScoreSdeVeScheduler":
+        source = config_source(config)
+        if source == "ddpm":
+            config = convention_config_from_ddpm(config)
+        elif source == "score_sde_ve":
             config = _translate_score_sde_ve_config(ScoreSdeVeScheduler.from_config(config).config)
-        elif source not in own_names:
-            raise ValueError(
-                f"{cls.__name__}.from_config takes a config of {', '.join(sorted(own_names))}, DDPMScheduler, "
-                f"DDIMScheduler or ScoreSdeVeScheduler; got one of {source}."
-            )
+        else:
+            own_names = {klass.__name__ for klass in cls._score_scheduler_classes}
+            name = config.get("_class_name", cls.__name__)
+            if name not in own_names:
+                raise ValueError(
+                    f"{cls.__name__}.from_config takes a config of {', '.join(sorted(own_names))}, a Diffusers "
+                    f"ᾱ-table scheduler (DDPMScheduler, DDIMScheduler, …) or ScoreSdeVeScheduler; got one of {name}."
+                )
+            # Diffusers would reset keys the source left at its defaults to the target's defaults; a model's
+            # conventions must survive the swap (annealed Langevin's σ timesteps and N = 232 included).
+            source_convention = _source_convention(config)
+            config = {k: v for k, v in config.items() if k != "_use_default_values"}
+            config.update(source_convention)
 
         known_keys = set().union(*(klass._get_init_keys(klass) for klass in cls._score_scheduler_classes))
         own_keys = cls._get_init_keys(cls) - {"self", "kwargs"}
@@ -359,7 +333,7 @@ class ScoreSchedulerMixin(SchedulerMixin):
         unknown += sorted(k for k in kwargs if k in known_keys and k not in own_keys)
         if unknown:
             raise ValueError(f"Unknown config keys for {cls.__name__}: {unknown}. Accepted keys: {sorted(own_keys)}.")
-        sde_type = kwargs.get("sde_type", config.get("sde_type", "ve"))
+        sde_type = ModelConvention.from_config({**config, **kwargs}).sde_type
         if sde_type not in cls._supported_sde_types:
             raise ValueError(
                 f"{cls.__name__} samples sde_type {', '.join(cls._supported_sde_types)} only; the config has "
@@ -369,54 +343,23 @@ class ScoreSchedulerMixin(SchedulerMixin):
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
 
-def _foreign_source(config: dict[str, Any]) -> str | None:
-    """Name the Diffusers scheduler an in-memory config (which carries no `_class_name`) came from, if any.
-
-    A registered config holds exactly its class's init keys, so an exact key-set match identifies it; configs of
-    this package's schedulers always hold `sde_type` or `steps_per_level` and are never matched.
-    """
-    keys = {k for k in config if not k.startswith("_")}
-    if "sde_type" in keys or "steps_per_level" in keys:
-        return None
-    for foreign in (ScoreSdeVeScheduler, *_DDPM_FAMILY.values()):
-        if keys == foreign._get_init_keys(foreign) - {"self", "kwargs"}:
-            return foreign.__name__
-    return None
+def _source_convention(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The convention keys a score scheduler config stands for, defaults of its own class filled in."""
+    name = config.get("_class_name")
+    source_class = next((k for k in ScoreSchedulerMixin._score_scheduler_classes if k.__name__ == name), None)
+    if source_class is None:
+        return {}
+    values = {**source_class.from_config({k: v for k, v in config.items() if k != "_class_name"}).config}
+    return {k: values[k] for k in CONVENTION_DEFAULTS if k in values}
 
 
-def _translate_ddpm_config(ddpm_config: dict[str, Any]) -> dict[str, Any]:
-    prediction_type = ddpm_config["prediction_type"]
-    if prediction_type != "epsilon":
-        raise ValueError(
-            f"Score schedulers take DDPM checkpoints with `prediction_type` 'epsilon'; this one has {prediction_type!r}."
-        )
+def _translate_score_sde_ve_config(ve_config: Mapping[str, Any]) -> dict[str, Any]:
     return {
-        "sde_type": "vp",
-        "num_train_timesteps": ddpm_config["num_train_timesteps"],
-        "beta_schedule": ddpm_config["beta_schedule"],
-        "beta_start": ddpm_config["beta_start"],
-        "beta_end": ddpm_config["beta_end"],
-        "trained_betas": ddpm_config["trained_betas"],
-        "prediction_type": "epsilon",
-        "timestep_type": "discrete",
-        # End on DDPM's own last index, 0: with n = N steps the grid is exactly the training grid.
-        "sampling_eps": 0.0,
-    }
-
-
-def _translate_score_sde_ve_config(ve_config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "sde_type": "ve",
-        "num_train_timesteps": ve_config["num_train_timesteps"],
-        "sigma_min": ve_config["sigma_min"],
-        "sigma_max": ve_config["sigma_max"],
-        "sampling_eps": ve_config["sampling_eps"],
+        **convention_config_from_score_sde_ve(ve_config),
         "snr": ve_config["snr"],
         "prior_snr": None,
         "correct_steps": ve_config["correct_steps"],
         "predictor": "reverse_diffusion",
         "corrector": "langevin",
         "corrector_norm": "batch",
-        "prediction_type": "score",
-        "timestep_type": "sigma",
     }

@@ -1,0 +1,51 @@
+"""Steps of the probability-flow ODE in the scale-free variables x̄ = x/α_t, σ̄ = σ_t/α_t, where it reads
+dx̄/dσ̄ = (x̄ − x̂₀)/σ̄ (Karras et al., 2022, https://arxiv.org/abs/2206.00364), and Karras et al.'s churn."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+# Karras et al. cap the churn's γ at √2 − 1, so a raised point's variance at most doubles.
+MAX_CHURN_GAMMA = math.sqrt(2) - 1
+
+
+def ode_derivative(scaled: torch.Tensor, denoised: torch.Tensor, ratio: float) -> torch.Tensor:
+    """dx̄/dσ̄ = (x̄ − x̂₀)/σ̄ at noise level `ratio` = σ̄."""
+    return torch.sub(scaled, denoised).div_(ratio)
+
+
+def euler_step(scaled: torch.Tensor, derivative: torch.Tensor, step: float) -> torch.Tensor:
+    """x̄ + h·d, h = σ̄_next − σ̄ (DDIM with η = 0 when d comes from x̂₀ at the start)."""
+    return torch.add(scaled, derivative, alpha=step)
+
+
+def heun_step(
+    scaled_start: torch.Tensor, start_derivative: torch.Tensor, end_derivative: torch.Tensor, step: float
+) -> torch.Tensor:
+    """Heun's correction x̄_start + ½h·(d_start + d_end); overwrites `start_derivative`."""
+    return torch.add(scaled_start, start_derivative.add_(end_derivative), alpha=0.5 * step)
+
+
+def dpmpp_2m_denoised(denoised: torch.Tensor, previous: torch.Tensor, step_ratio: float) -> torch.Tensor:
+    """DPM-Solver++(2M)'s x̂₀ for an Euler step in x̄ (Lu et al., 2022, https://arxiv.org/abs/2211.01095):
+    x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r_i), r_i = h_{i−1}/h_i with h = log(σ̄_start/σ̄_end) of each step."""
+    return torch.add(denoised, denoised - previous, alpha=1 / (2 * step_ratio))
+
+
+def churned_ratios(
+    ratios: torch.Tensor, s_churn: float, s_tmin: float = 0.0, s_tmax: float | None = None
+) -> torch.Tensor:
+    """Karras et al.'s raised noise levels σ̄̂_i = min((1 + γ)σ̄_i, σ̄_0), γ = min(s_churn/n, √2 − 1), at the points
+    i ≥ 1 of the grid `ratios` (n points, decreasing) with s_tmin ≤ σ̄_i ≤ s_tmax; σ̄_i elsewhere."""
+    gamma = min(s_churn / len(ratios), MAX_CHURN_GAMMA)
+    upper = math.inf if s_tmax is None else s_tmax
+    in_range = (ratios >= s_tmin) & (ratios <= upper)
+    in_range[0] = False
+    return torch.where(in_range, torch.clamp(ratios * (1 + gamma), max=ratios[0]), ratios)
+
+
+def churn_noise_std(raised_ratio: float, ratio: float, s_noise: float = 1.0) -> float:
+    """s_noise·√(σ̄̂² − σ̄²): the std, in x̄, of the noise that raises a sample from σ̄ to σ̄̂."""
+    return s_noise * math.sqrt(raised_ratio**2 - ratio**2)

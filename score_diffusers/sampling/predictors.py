@@ -1,0 +1,40 @@
+"""Predictors of the reverse-time SDE from time t to an earlier time s (Song et al., 2021,
+https://arxiv.org/abs/2011.13456; Ho et al., 2020, https://arxiv.org/abs/2006.11239).
+
+(a, b) is the forward transition x_t = a·x_s + b·z of the linear SDE (`SDE.transition_coeffs`): a = α_t/α_s,
+b² = σ_t² − a²σ_s². Each function returns the noise-free mean of x_s and the std of the noise to add to it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def euler_maruyama_step(
+    sample: torch.Tensor, score: torch.Tensor, drift_coeff: float, diffusion: float, dt: float
+) -> tuple[torch.Tensor, float]:
+    """x + (f(t)·x − g(t)²·score)·Δt, noise std g(t)·√|Δt| (Δt = s − t < 0)."""
+    mean = torch.add(sample * (1 + drift_coeff * dt), score, alpha=-(diffusion**2) * dt)
+    return mean, diffusion * abs(dt) ** 0.5
+
+
+def reverse_diffusion_step(sample: torch.Tensor, score: torch.Tensor, a: float, b: float) -> tuple[torch.Tensor, float]:
+    """score_sde's reverse diffusion: x − (a − 1)·x + b²·score, noise std b (Diffusers' `ScoreSdeVeScheduler.step_pred`
+    for VE)."""
+    return torch.add(sample if a == 1 else sample * (2 - a), score, alpha=b**2), b
+
+
+def ancestral_step(
+    sample: torch.Tensor, score: torch.Tensor, a: float, b: float, sigma: float, next_sigma: float
+) -> tuple[torch.Tensor, float]:
+    """A draw from the Gaussian posterior q(x_s | x_t, x̂₀): mean (x + b²·score)/a, std b·σ_s/σ_t (NCSN ancestral for
+    VE, DDPM with `variance_type="fixed_small"` for VP)."""
+    mean = torch.add(sample, score, alpha=b**2)
+    return (mean if a == 1 else mean.div_(a)), b * next_sigma / sigma
+
+
+def add_noise(mean: torch.Tensor, noise: torch.Tensor, std: float | torch.Tensor) -> torch.Tensor:
+    """mean + std·noise (std a float or broadcastable per-sample tensor)."""
+    if torch.is_tensor(std):
+        return torch.addcmul(mean, std, noise)
+    return torch.add(mean, noise, alpha=std)
