@@ -33,7 +33,7 @@ import torch
 from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 
 from score_diffusers import ProbabilityFlowScheduler, log_likelihood
-from score_diffusers.analytic import ExactScoreModel, GaussianMixture
+from score_diffusers.testing import ExactScoreModel, GaussianMixture
 from score_diffusers.datasets import load_digits_images
 from score_diffusers.likelihood import eight_bit_offset
 

@@ -26,7 +26,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ScoreSdeVeScheduler
 
 from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
-from score_diffusers.analytic import ExactScoreModel, GaussianMixture, quality_report, run_loop, run_sampler
+from score_diffusers.testing import ExactScoreModel, GaussianMixture, quality_report, run_loop, run_sampler
 
 try:
     from machine import machine_description

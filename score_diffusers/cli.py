@@ -6,8 +6,10 @@
 
 PIPELINE is a local `ScoreGuidedPipeline` or stock `DDPMPipeline` folder, or a Hub id (`owner/name`). Every
 `--scheduler` name maps to one score scheduler built with `X.from_config(<the pipeline's scheduler config>,
-**overrides)` (the table `SCHEDULERS`). Bad input (a missing folder, an unknown scheduler, a folder that is not a
-pipeline, options the pipeline refuses) ends with exit status 2 and a one-line message on stderr.
+**overrides)` (the registry `score_diffusers.schedulers.SCHEDULERS`). Bad input (a missing folder, an unknown
+scheduler, a folder that is not a pipeline, options the pipeline refuses) ends with exit status 2 and a one-line
+message on stderr; a failure while running (`SamplingError`: NaN mid-sampling, a solve that does not converge) with
+exit status 1 and what happened.
 
 `main(argv)` runs in-process and returns the exit status; `python -m score_diffusers` runs it too.
 """
@@ -22,7 +24,6 @@ import sys
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -31,19 +32,17 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 from transformers import AutoModelForImageClassification
 
+from .checks import SamplingError
 from .image_grid import GRID_MIN_WIDTH, image_grid
 from .likelihood import DIVERGENCES, METHODS, PROBES
 from .models import NoiseConditionalClassifier
 from .pipelines import ScoreGuidedPipeline
-from .schedulers import (
-    AnnealedLangevinScheduler,
-    PredictorCorrectorScheduler,
-    ProbabilityFlowScheduler,
-    ScoreSchedulerMixin,
-)
+from .schedulers import DEFAULT_SCHEDULERS, SCHEDULERS
 
 PROG = "score-diffusers"
 EXIT_OK = 0
+# A failure while running (SamplingError), not bad input.
+EXIT_FAILURE = 1
 # argparse's own status for usage errors; every bad-input error of this command uses it too.
 EXIT_USAGE = 2
 KEEP = "keep"
@@ -61,82 +60,21 @@ class CLIError(Exception):
 
 # ---- the scheduler names --------------------------------------------------------------------------------------------
 
-
-@dataclass(frozen=True)
-class SchedulerRecipe:
-    """How a `--scheduler` name builds a score scheduler from a pipeline's saved scheduler config.
-
-    Args:
-        scheduler_class (`type`): the score scheduler to build.
-        overrides (`dict`): config values that define the name (predictor, solver, ...); the rest of the config
-            (SDE, noise range, ᾱ table, prediction and timestep conventions) comes from the pipeline's scheduler.
-        summary (`str`): one line for `--help`.
-    """
-
-    scheduler_class: type[ScoreSchedulerMixin]
-    overrides: dict[str, Any]
-    summary: str
-
-    def build(self, pipeline_source: str) -> ScoreSchedulerMixin:
-        """`scheduler_class.from_config(config, **overrides)`, `config` read from `<pipeline_source>/scheduler`."""
-        # `load_config` reads any scheduler's JSON (DDPMScheduler, ScoreSdeVeScheduler or ours); it checks no class.
-        config = self.scheduler_class.load_config(pipeline_source, subfolder="scheduler")
-        return self.scheduler_class.from_config(config, **self.overrides)
-
-
-_PROBABILITY_FLOW_HEUN = SchedulerRecipe(
-    ProbabilityFlowScheduler,
-    {"solver": "heun"},
-    "probability-flow ODE, Heun steps: deterministic, 2n - 1 evaluations for n steps",
-)
-
-# The one table of scheduler names; `None` keeps the pipeline's own scheduler.
-SCHEDULERS: dict[str, SchedulerRecipe | None] = {
-    KEEP: None,
-    "pc": SchedulerRecipe(
-        PredictorCorrectorScheduler,
-        {"predictor": "reverse_diffusion", "corrector": "langevin"},
-        "predictor-corrector: reverse-diffusion predictor + Langevin corrector; 1 + correct_steps evaluations a step",
-    ),
-    "pc-ancestral": SchedulerRecipe(
-        PredictorCorrectorScheduler,
-        {"predictor": "ancestral", "corrector": "langevin"},
-        "predictor-corrector: ancestral predictor + Langevin corrector",
-    ),
-    "ancestral": SchedulerRecipe(
-        PredictorCorrectorScheduler,
-        {"predictor": "ancestral", "corrector": "none"},
-        "ancestral sampling, no corrector (DDPM for VP, NCSN ancestral for VE): 1 evaluation a step",
-    ),
-    "pf-heun": _PROBABILITY_FLOW_HEUN,
-    "probability-flow": _PROBABILITY_FLOW_HEUN,
-    "pf-euler": SchedulerRecipe(
-        ProbabilityFlowScheduler,
-        {"solver": "euler"},
-        "probability-flow ODE, Euler steps (DDIM with eta = 0): 1 evaluation a step",
-    ),
-    "pf-dpmpp-2m": SchedulerRecipe(
-        ProbabilityFlowScheduler,
-        {"solver": "dpmpp_2m"},
-        "probability-flow ODE, DPM-Solver++(2M) multistep: second order, 1 evaluation a step",
-    ),
-    "annealed-langevin": SchedulerRecipe(
-        AnnealedLangevinScheduler,
-        {},
-        "annealed Langevin dynamics (NCSN), VE score models only: steps_per_level evaluations a noise level",
-    ),
-}
+# `--scheduler` names: the registry's, plus KEEP for the pipeline's own scheduler.
+SCHEDULER_CHOICES: tuple[str, ...] = (KEEP, *SCHEDULERS)
 
 
 def scheduler_help() -> str:
     """The `--help` epilog that lists every scheduler name with its summary (an alias as "same as <name>")."""
-    width = max(map(len, SCHEDULERS))
+    width = max(map(len, SCHEDULER_CHOICES))
     first_names: dict[int, str] = {}
-    lines = ["schedulers (--scheduler NAME):"]
+    defaults = ", ".join(f"{sde.upper()} models get {name}" for sde, name in DEFAULT_SCHEDULERS.items())
+    lines = [
+        "schedulers (--scheduler NAME):",
+        f"  {KEEP:<{width}}  the pipeline's own; a Diffusers scheduler is swapped ({defaults})",
+    ]
     for name, recipe in SCHEDULERS.items():
-        if recipe is None:
-            summary = "the pipeline's own; a DDPMScheduler becomes pf-heun, a ScoreSdeVeScheduler pc"
-        elif id(recipe) in first_names:
+        if id(recipe) in first_names:
             summary = f"same as {first_names[id(recipe)]}"
         else:
             summary = recipe.summary
@@ -197,17 +135,19 @@ def load_pipeline(
 ) -> ScoreGuidedPipeline:
     """A `ScoreGuidedPipeline` from a local pipeline folder or a Hub id, with the scheduler `scheduler_name` of
     `SCHEDULERS`, an optional classifier folder, on `device` (CUDA when available by default)."""
-    if scheduler_name not in SCHEDULERS:
-        raise CLIError(f"unknown scheduler {scheduler_name!r}; choose one of {', '.join(SCHEDULERS)}")
+    if scheduler_name not in SCHEDULER_CHOICES:
+        raise CLIError(f"unknown scheduler {scheduler_name!r}; choose one of {', '.join(SCHEDULER_CHOICES)}")
     target_device = _device(device)
     source = _model_source(path, "pipeline folder", "model_index.json")
     components: dict[str, Any] = {}
     if classifier is not None:
         components["classifier"] = load_classifier(classifier)
-    recipe = SCHEDULERS[scheduler_name]
     try:
-        if recipe is not None:
-            components["scheduler"] = recipe.build(source)
+        if scheduler_name != KEEP:
+            # `load_config` reads any scheduler's JSON (DDPMScheduler, ScoreSdeVeScheduler or ours); it checks no class.
+            recipe = SCHEDULERS[scheduler_name]
+            config = recipe.scheduler_class.load_config(source, subfolder="scheduler")
+            components["scheduler"] = recipe.build(config)
         with _loading_progress_bar(show_progress):
             pipe = ScoreGuidedPipeline.from_pretrained(source, **components)
     except OSError as error:
@@ -437,7 +377,7 @@ def _add_common_arguments(parser: argparse.ArgumentParser, seed_help: str) -> No
 
 def _add_scheduler_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
     """`--scheduler NAME`, one of `SCHEDULERS` (default: keep the pipeline's own)."""
-    parser.add_argument("--scheduler", default=KEEP, choices=tuple(SCHEDULERS), metavar="NAME", help=help_text)
+    parser.add_argument("--scheduler", default=KEEP, choices=SCHEDULER_CHOICES, metavar="NAME", help=help_text)
 
 
 def _add_subcommand(
@@ -529,7 +469,7 @@ def _one_line(error: BaseException) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run `score-diffusers` with `argv` (default: `sys.argv[1:]`) and return the exit status: 0 on success, 2 on
-    bad input (the message on stderr). `--help` prints and returns 0."""
+    bad input, 1 on a failure while running (the message on stderr). `--help` prints and returns 0."""
     parser = build_parser()
     try:
         try:
@@ -541,6 +481,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CLIError, ValueError, OSError) as error:
         print(f"{PROG}: error: {_one_line(error)}", file=sys.stderr)
         return EXIT_USAGE
+    except SamplingError as error:
+        print(f"{PROG}: failed: {_one_line(error)}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ FIXTURE_PATH = HERE / "data" / "regression.safetensors"
 sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(HERE.parent))
 
-from conftest import (  # noqa: E402
+from helpers import (  # noqa: E402
     DATA_DIM,
     MIXTURE_SEED,
     NUM_COMPONENTS,
@@ -43,10 +43,7 @@ from score_diffusers import (  # noqa: E402
     log_likelihood,
 )
 
-try:  # the exact-score oracles' home moves with the redesign; either location records the same values
-    from score_diffusers.testing import ExactScoreModel, GaussianMixture
-except ImportError:  # pragma: no cover - before the move
-    from score_diffusers.analytic import ExactScoreModel, GaussianMixture
+from score_diffusers.testing import ExactScoreModel, GaussianMixture  # noqa: E402
 
 SCHEDULER_TESTS = (TestAnnealedLangevinScheduler, TestPredictorCorrectorScheduler, TestProbabilityFlowScheduler)
 BATCH = 4

@@ -14,7 +14,7 @@ import PIL.Image
 import pytest
 from diffusers import DDPMPipeline, DDPMScheduler
 
-from conftest import tiny_unet
+from helpers import tiny_unet
 from score_diffusers.cli import SCHEDULERS, main
 from score_diffusers.image_grid import GRID_GUTTER, GRID_MIN_WIDTH
 

@@ -16,7 +16,7 @@ import torch
 from diffusers import DDPMScheduler, UNet2DModel
 
 from score_diffusers import ProbabilityFlowScheduler, log_likelihood
-from score_diffusers.analytic import ExactScoreModel, GaussianMixture
+from score_diffusers.testing import ExactScoreModel, GaussianMixture
 from score_diffusers.likelihood import decode, eight_bit_offset, encode, round_trip
 
 DIM = 4

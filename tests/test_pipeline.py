@@ -20,7 +20,7 @@ from score_diffusers import (
     ProbabilityFlowScheduler,
     ScoreGuidedPipeline,
 )
-from score_diffusers.analytic import ExactScoreModel, GaussianMixture
+from score_diffusers.testing import ExactScoreModel, GaussianMixture
 from test_models import IMAGE_SIZE, tiny_unet
 
 

@@ -8,12 +8,12 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import DATA_DIM, IMAGE_SHAPE, make_generator, prior_sample, tiny_unet
+from helpers import DATA_DIM, IMAGE_SHAPE, make_generator, prior_sample, tiny_unet
 from diffusers import DDPMPipeline, DDPMScheduler, ScoreSdeVeScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
 from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
-from score_diffusers.analytic import ExactScoreModel, GaussianMixture
+from score_diffusers.testing import ExactScoreModel, GaussianMixture
 
 DDPM_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
 DDPM_COMPATIBLE = (PredictorCorrectorScheduler, ProbabilityFlowScheduler)

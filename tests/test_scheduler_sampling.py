@@ -8,11 +8,11 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import DATA_DIM, make_generator, sample_with_seed
+from helpers import DATA_DIM, make_generator, sample_with_seed
 from diffusers import DDPMScheduler
 
 from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
-from score_diffusers.analytic import (
+from score_diffusers.testing import (
     ExactScoreModel,
     GaussianMixture,
     component_spreads,

@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import pytest
 import torch
-from conftest import (
+from helpers import (
     DATA_DIM,
     IMAGE_SHAPE,
     make_generator,
@@ -23,7 +23,7 @@ from conftest import (
 )
 
 from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
-from score_diffusers.analytic import ExactScoreModel, GaussianMixture, run_loop
+from score_diffusers.testing import ExactScoreModel, GaussianMixture, run_loop
 from score_diffusers.checks import SamplingError
 from score_diffusers.schedulers import ScoreSchedulerMixin
 from score_diffusers.schedulers.scheduling_predictor_corrector import CORRECTOR_NORMS, CORRECTORS, PREDICTORS

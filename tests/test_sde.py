@@ -7,7 +7,7 @@ import math
 
 import pytest
 import torch
-from conftest import make_generator
+from helpers import make_generator
 from diffusers import DDPMScheduler
 
 from score_diffusers import SDE, VESDE, VPSDE, SubVPSDE

@@ -18,8 +18,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput
 
-from ..schedulers import PredictorCorrectorScheduler
-from ..sde import append_dims
+from ..conventions import ModelConvention
 
 
 @dataclass
@@ -57,8 +56,8 @@ class EpsilonToScore(ModelMixin, ConfigMixin):
     def __init__(self, unet_config: dict[str, Any], scheduler_config: dict[str, Any]):
         super().__init__()
         self.unet = UNet2DModel.from_config(unet_config)
-        # The checkpoint's time conventions (VP SDE on its ᾱ table, DDPM index ↔ t, ε ↔ score).
-        self.time_convention = PredictorCorrectorScheduler.from_config(
+        # The checkpoint's conventions: VP SDE on its ᾱ table, DDPM index ↔ t, ε ↔ score.
+        self.convention = ModelConvention.from_config(
             {**DDPMScheduler.from_config(scheduler_config).config, "_class_name": "DDPMScheduler"}
         )
 
@@ -74,7 +73,7 @@ class EpsilonToScore(ModelMixin, ConfigMixin):
     @property
     def sde(self):
         """The VP SDE of the checkpoint (`VPSDE` on its ᾱ table)."""
-        return self.time_convention.sde
+        return self.convention.sde
 
     def _time(self, t: torch.Tensor | float | None, sigma: torch.Tensor | float | None) -> torch.Tensor:
         if (t is None) == (sigma is None):
@@ -92,7 +91,7 @@ class EpsilonToScore(ModelMixin, ConfigMixin):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """The unet's ε at continuous time `t` (or noise level `sigma`) and that time as float64 on the CPU."""
         time = self._time(t, sigma)
-        index = self.time_convention.timestep_for_time(time).to(device=sample.device, dtype=torch.float32)
+        index = self.convention.timestep(time).to(device=sample.device, dtype=torch.float32)
         index = index.expand(sample.shape[0]) if index.ndim == 0 else index
         return self.unet(sample, index, class_labels=class_labels).sample, time
 
@@ -117,8 +116,7 @@ class EpsilonToScore(ModelMixin, ConfigMixin):
             `EpsilonToScoreOutput` whose `sample` is the score (shape of `sample`), or the tuple `(score,)`.
         """
         epsilon, time = self.epsilon(sample, t, sigma, class_labels)
-        std = append_dims(self.sde.marginal_std(time).to(epsilon), epsilon.ndim)
-        score = -epsilon / std
+        score = self.convention.score_from_output(epsilon, self.sde.marginal_std(time))
         if not return_dict:
             return (score,)
         return EpsilonToScoreOutput(sample=score)
@@ -138,6 +136,5 @@ class EpsilonToScore(ModelMixin, ConfigMixin):
             `torch.Tensor` of the shape of `sample`.
         """
         epsilon, time = self.epsilon(sample, t, sigma, class_labels)
-        alpha = append_dims(self.sde.mean_coeff(time).to(epsilon), epsilon.ndim)
-        std = append_dims(self.sde.marginal_std(time).to(epsilon), epsilon.ndim)
-        return (sample - std * epsilon) / alpha
+        alpha, sigma_t = self.convention.coefficients(time)
+        return self.convention.denoised(sample, self.convention.score_from_output(epsilon, sigma_t), alpha, sigma_t)

@@ -8,56 +8,52 @@ https://arxiv.org/abs/2105.05233).
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
 import PIL.Image
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, ScoreSdeVeScheduler
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
-from transformers import PreTrainedModel
 
-from ..schedulers import PredictorCorrectorScheduler, ProbabilityFlowScheduler
-from ..schedulers.scheduling_utils import ScoreSchedulerMixin, check_choice, check_positive_int
-from ..sde import append_dims
+from ..checks import check_choice, check_number, check_positive_int
+from ..conventions import config_source
+from ..models.denoised_input import as_guidance_classifier
+from ..schedulers import ScoreSchedulerMixin, build_scheduler, default_scheduler_name
 
 logger = logging.getLogger(__name__)
 
 OutputType = Literal["pil", "np", "pt"]
 OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt")
-# Default samplers for checkpoints that arrive with a Diffusers scheduler: VP's probability-flow ODE samples well
-# in few evaluations; VE's samples noticeably worse than its SDE, so VE gets predictor-corrector.
-_DEFAULT_SCORE_SCHEDULERS: dict[type, type] = {
-    DDPMScheduler: ProbabilityFlowScheduler,
-    DDIMScheduler: ProbabilityFlowScheduler,
-    ScoreSdeVeScheduler: PredictorCorrectorScheduler,
-}
 
 
 def as_score_scheduler(scheduler: SchedulerMixin) -> ScoreSchedulerMixin:
-    """`scheduler` itself if it is a score scheduler of this package; a `DDPMScheduler` / `DDIMScheduler` becomes a
-    `ProbabilityFlowScheduler` and a `ScoreSdeVeScheduler` a `PredictorCorrectorScheduler`, configured from it (same
-    ᾱ table or σ range, prediction type and timestep convention). Anything else raises a `ValueError`."""
+    """`scheduler` itself if it is a score scheduler of this package; a Diffusers ᾱ-table scheduler (`DDPMScheduler`,
+    `DDIMScheduler`, `EulerDiscreteScheduler`, …) or a `ScoreSdeVeScheduler` becomes the registry's default sampler
+    for its SDE (`DEFAULT_SCHEDULERS`), configured from it (same ᾱ table or σ range, prediction type and timestep
+    convention). Anything else raises a `ValueError`."""
     if isinstance(scheduler, ScoreSchedulerMixin):
         return scheduler
-    for source, target in _DEFAULT_SCORE_SCHEDULERS.items():
-        if type(scheduler) is source:
-            swapped = target.from_config({**scheduler.config, "_class_name": source.__name__})
-            logger.warning(
-                f"ScoreGuidedPipeline: swapped the checkpoint's {source.__name__} for {target.__name__}.from_config(...) "
-                f"(sde_type={swapped.config.sde_type!r}, prediction_type={swapped.config.prediction_type!r}, "
-                f"timestep_type={swapped.config.timestep_type!r}); pass `scheduler=` to choose another score scheduler."
-            )
-            return swapped
-    raise ValueError(
-        "`scheduler` must be a score scheduler of score_diffusers (AnnealedLangevinScheduler, "
-        "PredictorCorrectorScheduler, ProbabilityFlowScheduler) or one of "
-        f"{', '.join(klass.__name__ for klass in _DEFAULT_SCORE_SCHEDULERS)} to convert; got {type(scheduler).__name__}."
+    config = {**getattr(scheduler, "config", {}), "_class_name": type(scheduler).__name__}
+    if config_source(config) == "score":
+        raise ValueError(
+            "`scheduler` must be a score scheduler of score_diffusers (" + ", ".join(
+                klass.__name__ for klass in ScoreSchedulerMixin._score_scheduler_classes
+            ) + "), or a Diffusers DDPM-family or ScoreSdeVeScheduler to convert; got " + type(scheduler).__name__ + "."
+        )
+    name = default_scheduler_name(config)
+    swapped = build_scheduler(name, config)
+    logger.warning(
+        f"ScoreGuidedPipeline: swapped the checkpoint's {type(scheduler).__name__} for {type(swapped).__name__}"
+        f".from_config(...) (the {name!r} sampler; sde_type={swapped.config.sde_type!r}, "
+        f"prediction_type={swapped.config.prediction_type!r}, timestep_type={swapped.config.timestep_type!r}); pass "
+        "`scheduler=` to choose another score scheduler."
     )
+    return swapped
 
 
 def _field(output: Any, name: str) -> torch.Tensor:
@@ -81,24 +77,25 @@ class ScoreGuidedPipeline(DiffusionPipeline):
 
         s + w·∇ₓ log q_φ(y | x_t, t),
 
-    the gradient taken by autograd through the classifier only (the unet runs under `no_grad`), and converted back
-    to the scheduler's `prediction_type` (ε = −σ_t·score for DDPM checkpoints). That is one classifier forward and
-    backward per model evaluation.
+    the gradient taken by autograd through the classifier only (the unet runs under `no_grad`). The term is added
+    at the σ_t of the scheduler's own grid entry (`scheduler.grid`), in the model's output units: an ε model's
+    output gains −σ_t·w·∇ₓ log q. That is one classifier forward and backward and one conversion per evaluation.
 
-    The classifier is called `classifier(x_t, timestep)` with exactly the timestep tensor (shape `(batch,)`) that
-    the unet receives, and returns logits (a tensor or an output with `.logits`), e.g. a
-    [`NoiseConditionalClassifier`]. A `transformers` image-classification model (`PreTrainedModel`) never saw noise:
-    it is called `classifier(pixel_values=x̂₀)` on Tweedie's denoised estimate x̂₀ = (x_t + σ_t²·s)/α_t in the unet's
-    data space ([−1, 1], which is what processors normalising with mean = std = 0.5 produce), and the gradient
-    flows through the classifier and the x̂₀ formula only, holding s constant (∇ₓ = (1/α_t)·∇_x̂₀); differentiating
-    through the unet as well would cost a unet backward per evaluation. A class-conditional unet
-    (`num_class_embeds` in its config) receives `class_labels` directly.
+    One classifier protocol: `classifier(x_t, timestep)` with exactly the timestep tensor (shape `(batch,)`) that
+    the unet receives, returning logits (a tensor or an output with `.logits`), e.g. a
+    [`NoiseConditionalClassifier`]. A classifier of clean images reads Tweedie's denoised estimate
+    x̂₀ = (x_t + σ_t²·s)/α_t instead (`DenoisedInputClassifier`, which a `transformers` image-classification model, or
+    any module taking `pixel_values=`, is wrapped in): x̂₀ is in the unet's data space ([−1, 1], which processors
+    normalising with mean = std = 0.5 produce), and the gradient flows through the classifier and the x̂₀ formula
+    only, holding s constant (∇ₓ = (1/α_t)·∇_x̂₀); differentiating through the unet as well would cost a unet
+    backward per evaluation. A class-conditional unet (`num_class_embeds` in its config) receives `class_labels`
+    directly.
 
     Data are assumed to live in [−1, 1]; images are returned as (x/2 + 1/2) clamped to [0, 1], like `DDPMPipeline`.
 
     `from_pretrained` loads this pipeline's own saves and stock `DDPMPipeline` folders: their `DDPMScheduler` is
-    swapped for `ProbabilityFlowScheduler.from_config(...)` (said in the log) unless `scheduler=` passes a score
-    scheduler; `classifier=` adds a classifier. `save_pretrained` stores every component; a classifier persists
+    swapped for the registry's default sampler of its SDE (`ProbabilityFlowScheduler.from_config(...)` for VP; said
+    in the log) unless `scheduler=` passes a score scheduler; `classifier=` adds a classifier. `save_pretrained` stores every component; a classifier persists
     when it is a `ModelMixin` (with `ConfigMixin`) or a `transformers` model.
 
     Args:
@@ -155,8 +152,7 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         device: torch.device,
     ) -> torch.Tensor | None:
         """Validate the conditioning arguments and return the labels as an int64 tensor of shape `(batch,)`."""
-        if guidance_scale < 0:
-            raise ValueError(f"`guidance_scale` must be >= 0; got {guidance_scale}.")
+        check_number("guidance_scale", guidance_scale, 0, math.inf, high_open=True)
         class_conditional_unet = self.unet.config.get("num_class_embeds") is not None
         if guidance_scale > 0 and self.classifier is None:
             raise ValueError(
@@ -194,20 +190,25 @@ class ScoreGuidedPipeline(DiffusionPipeline):
     # ---- guidance ------------------------------------------------------------------------------------------------
 
     def _classifier_log_prob_grad(
-        self, sample: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor, score: torch.Tensor
+        self,
+        classifier: torch.nn.Module,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        labels: torch.Tensor,
+        model_output: torch.Tensor,
+        step_index: int,
     ) -> torch.Tensor:
-        """∇ₓ log q_φ(y | x_t, t) per sample, shape of `sample` (`score` is used for the denoised estimate only)."""
+        """∇ₓ log q_φ(y | x_t, t) per sample, shape of `sample`; a denoised-input classifier reads
+        x̂₀ = (x + σ_t²·s)/α_t with the score s of `model_output` held constant (∇ₓ x̂₀ = 1/α_t)."""
         with torch.enable_grad():
             x = sample.detach().requires_grad_(True)
-            if isinstance(self.classifier, PreTrainedModel):
-                # Tweedie estimate with the score held constant: ∇ₓ x̂₀ = 1/α_t.
-                t = self.scheduler.time_for_timestep(timestep.detach().cpu())
-                alpha = append_dims(self.scheduler.sde.mean_coeff(t).to(x), x.ndim)
-                sigma = append_dims(self.scheduler.sde.marginal_std(t).to(x), x.ndim)
-                denoised = (x + sigma**2 * score.detach()) / alpha
-                logits = self.classifier(pixel_values=denoised.to(self.classifier.dtype)).logits
-            else:
-                logits = _field(self.classifier(x, timestep), "logits")
+            inputs = x
+            if getattr(classifier, "takes_denoised_input", False):
+                grid, convention = self.scheduler.grid, self.scheduler.convention
+                alpha, sigma = float(grid.alphas[step_index]), float(grid.sigmas[step_index])
+                score = convention.score_from_output(model_output.detach(), sigma)
+                inputs = convention.denoised(x, score, alpha, sigma)
+            logits = _field(classifier(inputs, timestep), "logits")
             _check_label_range(labels, logits.shape[-1], "classifier's logits")
             log_probs = torch.log_softmax(logits.float(), dim=-1)
             # Samples are independent, so the gradient of the sum is each sample's own gradient.
@@ -216,18 +217,26 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         return gradient.to(sample.dtype)
 
     def _model_output(
-        self, sample: torch.Tensor, timestep: torch.Tensor, labels: torch.Tensor | None, guidance_scale: float
+        self,
+        sample: torch.Tensor,
+        timestep: torch.Tensor,
+        step_index: int,
+        labels: torch.Tensor | None,
+        guidance_scale: float,
+        classifier: torch.nn.Module | None,
     ) -> torch.Tensor:
-        """The unet's output at (`sample`, `timestep`), with the guidance term added at the score level."""
+        """The unet's output at (`sample`, `timestep`), entry `step_index` of `scheduler.timesteps`, with the guidance
+        term w·∇ₓ log q added to the score the step uses, at that entry's σ_t: for an ε model the output gains
+        −σ_t·w·∇ₓ log q, one conversion of the gradient and no time lookup."""
         model_timestep = timestep.expand(sample.shape[0])
         unet_kwargs = {"class_labels": labels} if self.unet.config.get("num_class_embeds") is not None else {}
         with torch.no_grad():
             model_output = _field(self.unet(sample, model_timestep, **unet_kwargs), "sample")
         if guidance_scale == 0:
             return model_output
-        score = self.scheduler.score_from_model_output(model_output, timestep)
-        gradient = self._classifier_log_prob_grad(sample, model_timestep, labels, score)
-        return self.scheduler.model_output_from_score(score + guidance_scale * gradient, timestep)
+        gradient = self._classifier_log_prob_grad(classifier, sample, model_timestep, labels, model_output, step_index)
+        sigma = float(self.scheduler.grid.sigmas[step_index])
+        return model_output + self.scheduler.convention.output_from_score(guidance_scale * gradient, sigma)
 
     # ---- sampling ------------------------------------------------------------------------------------------------
 
@@ -295,9 +304,11 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
+        classifier = None if self.classifier is None else as_guidance_classifier(self.classifier)
         for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(sample, timestep)
-            model_output = self._model_output(model_input, timestep, labels, guidance_scale)
+            entry = self.scheduler.step_index
+            model_output = self._model_output(model_input, timestep, entry, labels, guidance_scale, classifier)
             step = self.scheduler.step(model_output, timestep, sample, generator=generator)
             sample = step.prev_sample
             if callback_on_step_end is not None:

@@ -1,4 +1,4 @@
-"""Closed-form score models: Gaussian mixtures under VE, VP and sub-VP noise, and sample-quality metrics.
+"""Closed-form score models: Gaussian mixtures under VE, VP and sub-VP noise.
 
 For p_0 = Σ_k w_k N(μ_k, s_k² I) and x_t = α_t x_0 + σ_t z, the perturbed density is again a mixture,
 p_t = Σ_k w_k N(α_t μ_k, (α_t² s_k² + σ_t²) I), so its score, its ε and its log-density are exact. Driving
@@ -8,11 +8,11 @@ a sampler with them isolates the sampler's own error, which is how the tests and
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 
-from .sde import SDE, append_dims
+from ..conventions import ModelConvention
+from ..sde import append_dims
 
 
 class GaussianMixture:
@@ -112,127 +112,28 @@ class GaussianMixture:
 
 
 class ExactScoreModel:
-    """A 'model' that answers a scheduler's loop with the exact output of a Gaussian mixture.
+    """A 'model' that answers a sampling loop with the exact output of a Gaussian mixture.
 
-    Called as `model(x, timestep)` with the timestep convention of `scheduler`, it returns the exact score or ε
-    (following `scheduler.config.prediction_type`) of `mixture` perturbed by `sde`. `calls` counts evaluations.
+    Called as `model(x, timestep)` with a timestep in the convention's `timestep_type`, it returns the exact score or
+    ε (following the convention's `prediction_type`) of `mixture` perturbed by the convention's SDE, as a real model
+    would. `calls` counts evaluations.
 
     Args:
         mixture (`GaussianMixture`): the data distribution.
-        scheduler: a score scheduler of this package (its SDE, time convention and prediction type are used).
+        convention (`ModelConvention`, or a score scheduler, whose `convention` is used): the model's conventions.
     """
 
-    def __init__(self, mixture: GaussianMixture, scheduler):
+    def __init__(self, mixture: GaussianMixture, convention):
         self.mixture = mixture
-        self.scheduler = scheduler
+        self.convention: ModelConvention = getattr(convention, "convention", convention)
         self.calls = 0
 
     def score_at_time(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
         """The exact score at continuous time `t`."""
-        sde: SDE = self.scheduler.sde
-        t = torch.as_tensor(t, dtype=torch.float64)
-        return self.mixture.score(x, sde.mean_coeff(t), sde.marginal_std(t))
+        return self.mixture.score(x, *self.convention.coefficients(t))
 
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
         self.calls += 1
-        t = self.scheduler.time_for_timestep(torch.as_tensor(timestep).detach().cpu())
-        return self.scheduler.model_output_from_score(self.score_at_time(x, t), timestep)
-
-
-# ---- sample-quality metrics ---------------------------------------------------------------------------------
-
-
-def sliced_wasserstein(
-    x: torch.Tensor, y: torch.Tensor, num_projections: int = 256, generator: torch.Generator | None = None
-) -> float:
-    """Sliced 2-Wasserstein distance between two equal-size samples of shape `(n, dim)`.
-
-    √(mean over random unit directions θ of W₂²(θᵀx, θᵀy)); the 1-D W₂ pairs sorted projections.
-    """
-    if x.shape != y.shape:
-        raise ValueError(f"`x` and `y` must have the same shape; got {tuple(x.shape)} and {tuple(y.shape)}.")
-    x, y = x.reshape(x.shape[0], -1).to(torch.float64), y.reshape(y.shape[0], -1).to(torch.float64)
-    directions = torch.randn(x.shape[1], num_projections, generator=generator, dtype=torch.float64)
-    directions = directions / directions.norm(dim=0, keepdim=True)
-    x_projected = (x @ directions).sort(dim=0).values
-    y_projected = (y @ directions).sort(dim=0).values
-    return float((x_projected - y_projected).pow(2).mean().sqrt())
-
-
-def mode_weights(mixture: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
-    """Fraction of samples assigned to each component by `mixture.classify`, shape `(K,)`."""
-    labels = mixture.classify(x)
-    return torch.bincount(labels, minlength=mixture.num_components).to(torch.float64) / x.shape[0]
-
-
-def mode_weight_tv(mixture: GaussianMixture, x: torch.Tensor) -> float:
-    """Total-variation distance ½Σ|ŵ_k − w_k| between the samples' mode weights and the mixture's."""
-    return float(0.5 * (mode_weights(mixture, x) - mixture.weights).abs().sum())
-
-
-def component_spreads(mixture: GaussianMixture, x: torch.Tensor) -> torch.Tensor:
-    """Per-component RMS per-coordinate distance of the assigned samples to μ_k, shape `(K,)` (true value s_k).
-
-    Components that received no sample give NaN.
-    """
-    flat = x.reshape(x.shape[0], -1).to(torch.float64)
-    labels = mixture.classify(flat)
-    spreads = [
-        (flat[labels == k] - mixture.means[k]).pow(2).mean().sqrt() if bool((labels == k).any()) else torch.tensor(math.nan)
-        for k in range(mixture.num_components)
-    ]
-    return torch.stack(spreads).to(torch.float64)
-
-
-def log_density_gap(mixture: GaussianMixture, x: torch.Tensor, reference: torch.Tensor) -> float:
-    """Mean log p_0 of `reference` minus mean log p_0 of `x`, per dimension (0 for a perfect sampler)."""
-    gap = mixture.log_prob(reference).mean() - mixture.log_prob(x).mean()
-    return float(gap / mixture.dim)
-
-
-def quality_report(
-    mixture: GaussianMixture,
-    x: torch.Tensor,
-    reference: torch.Tensor,
-    generator: torch.Generator | None = None,
-    log_prob_reference: torch.Tensor | None = None,
-) -> dict[str, float]:
-    """Sliced W2 to `reference` (same size as `x`), mode-weight TV and log-density gap per dim of samples `x`.
-
-    The log-density gap compares with `log_prob_reference` when given: a large true sample makes its mean log p_0
-    nearly exact, leaving only the sampling noise of `x`.
-    """
-    return {
-        "sliced_w2": sliced_wasserstein(x, reference, generator=generator),
-        "mode_tv": mode_weight_tv(mixture, x),
-        "logp_gap": log_density_gap(mixture, x, reference if log_prob_reference is None else log_prob_reference),
-    }
-
-
-def run_loop(
-    scheduler,
-    model,
-    sample: torch.Tensor,
-    num_inference_steps: int,
-    generator: torch.Generator | list[torch.Generator] | None = None,
-) -> torch.Tensor:
-    """The plain Diffusers sampling loop of DESIGN.md §3 from a given x_T `sample`, with a callable
-    `model(x, timestep) -> tensor`; returns the final sample."""
-    scheduler.set_timesteps(num_inference_steps)
-    for timestep in scheduler.timesteps:
-        model_output = model(scheduler.scale_model_input(sample, timestep), timestep)
-        sample = scheduler.step(model_output, timestep, sample, generator=generator).prev_sample
-    return sample
-
-
-def run_sampler(
-    scheduler,
-    model,
-    shape: Sequence[int],
-    num_inference_steps: int,
-    generator: torch.Generator | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """`run_loop` from the prior, x_T = standard normal noise × `scheduler.init_noise_sigma`."""
-    sample = torch.randn(tuple(shape), generator=generator, dtype=dtype) * scheduler.init_noise_sigma
-    return run_loop(scheduler, model, sample, num_inference_steps, generator)
+        t = self.convention.time(torch.as_tensor(timestep).detach().cpu())
+        alpha, sigma = self.convention.coefficients(t)
+        return self.convention.output_from_score(self.mixture.score(x, alpha, sigma), sigma.to(x.dtype))
