@@ -1,32 +1,63 @@
-"""score_diffusers: score-based generative modeling in the Hugging Face Diffusers ecosystem."""
+"""score_diffusers: score-based generative modeling in the Hugging Face Diffusers ecosystem.
 
-from .schedulers import (
-    AnnealedLangevinScheduler,
-    PredictorCorrectorScheduler,
-    ProbabilityFlowScheduler,
-    ScoreSchedulerOutput,
-)
-from .sde import SDE, SubVPSDE, VESDE, VPSDE
-from .likelihood import LikelihoodOutput, decode, encode, log_likelihood
-from .models import EpsilonToScore, NoiseConditionalClassifier
-from .pipelines import ScoreGuidedPipeline
+The top level imports its parts lazily, as Diffusers does: `import score_diffusers.sde`, `.conventions`,
+`.sampling` and `.testing` load neither Diffusers nor transformers, and `from score_diffusers import X` loads only
+the module that defines X.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "SDE",
-    "VESDE",
-    "VPSDE",
-    "SubVPSDE",
-    "AnnealedLangevinScheduler",
-    "PredictorCorrectorScheduler",
-    "ProbabilityFlowScheduler",
-    "ScoreSchedulerOutput",
-    "log_likelihood",
-    "LikelihoodOutput",
-    "encode",
-    "decode",
-    "ScoreGuidedPipeline",
-    "EpsilonToScore",
-    "NoiseConditionalClassifier",
-]
+# Public name → the submodule that defines it.
+_EXPORTS: dict[str, str] = {
+    "SDE": "sde",
+    "VESDE": "sde",
+    "VPSDE": "sde",
+    "SubVPSDE": "sde",
+    "ModelConvention": "conventions",
+    "SamplingError": "checks",
+    "AnnealedLangevinScheduler": "schedulers",
+    "PredictorCorrectorScheduler": "schedulers",
+    "ProbabilityFlowScheduler": "schedulers",
+    "ScoreSchedulerOutput": "schedulers",
+    "log_likelihood": "likelihood",
+    "LikelihoodOutput": "likelihood",
+    "encode": "likelihood",
+    "decode": "likelihood",
+    "ScoreGuidedPipeline": "pipelines",
+    "EpsilonToScore": "models",
+    "NoiseConditionalClassifier": "models",
+    "DenoisedInputClassifier": "models",
+}
+
+__all__ = list(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .checks import SamplingError
+    from .conventions import ModelConvention
+    from .likelihood import LikelihoodOutput, decode, encode, log_likelihood
+    from .models import DenoisedInputClassifier, EpsilonToScore, NoiseConditionalClassifier
+    from .pipelines import ScoreGuidedPipeline
+    from .schedulers import (
+        AnnealedLangevinScheduler,
+        PredictorCorrectorScheduler,
+        ProbabilityFlowScheduler,
+        ScoreSchedulerOutput,
+    )
+    from .sde import SDE, SubVPSDE, VESDE, VPSDE
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_EXPORTS])

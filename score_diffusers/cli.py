@@ -30,7 +30,6 @@ from typing import Any, NoReturn
 import PIL.Image
 import torch
 from diffusers.utils import logging as diffusers_logging
-from transformers import AutoModelForImageClassification
 
 from .checks import SamplingError
 from .image_grid import GRID_MIN_WIDTH, image_grid
@@ -112,6 +111,9 @@ def load_classifier(path: str) -> torch.nn.Module:
     config = NoiseConditionalClassifier.load_config(source)
     if config.get("_class_name") == NoiseConditionalClassifier.__name__:
         return NoiseConditionalClassifier.from_pretrained(source).eval()
+    # transformers is imported only where a transformers model is loaded.
+    from transformers import AutoModelForImageClassification
+
     return AutoModelForImageClassification.from_pretrained(source).eval()
 
 

@@ -141,13 +141,14 @@ _SCORE_SDE_VE_KEYS = frozenset({"num_train_timesteps", "snr", "sigma_min", "sigm
 
 
 def config_source(config: Mapping[str, Any]) -> Literal["score", "ddpm", "score_sde_ve"]:
-    """Which family a config belongs to: this package's score schedulers (their configs always hold
-    `timestep_type`), `ScoreSdeVeScheduler`, or Diffusers' ᾱ-table schedulers (DDPM, DDIM, Euler, DPM-Solver, …,
-    whose configs hold `beta_schedule`); read from `_class_name` where the config carries it, else from its keys."""
+    """Which family a config belongs to: this package's score schedulers (their configs always hold `sde_type`, or
+    `steps_per_level` for annealed Langevin), `ScoreSdeVeScheduler`, or Diffusers' ᾱ-table schedulers (DDPM, DDIM,
+    Euler, DPM-Solver, …, whose configs hold `beta_schedule`); read from `_class_name` where the config carries it,
+    else from its keys."""
     keys = {k for k in config if not k.startswith("_")}
     if config.get("_class_name") == "ScoreSdeVeScheduler" or keys == _SCORE_SDE_VE_KEYS:
         return "score_sde_ve"
-    if "timestep_type" not in keys and "sde_type" not in keys and "beta_schedule" in keys:
+    if "sde_type" not in keys and "steps_per_level" not in keys and "beta_schedule" in keys:
         return "ddpm"
     return "score"
 

@@ -135,14 +135,14 @@ def _training_cases() -> dict[str, torch.Tensor]:
                 importance_sampling=importance, weighting=weighting,
             )
             scheduler = train_score_sde.build_scheduler(args, None)
-            loss_fn = train_score_sde.make_loss(args, scheduler, torch.device("cpu"))
+            loss_fn = train_score_sde.make_loss(args, scheduler.convention, torch.device("cpu"))
             unet = score_unet if prediction_type == "score" else eps_unet
             with torch.no_grad():
                 loss, _ = loss_fn(unet, batch, make_generator(12))
             cases[f"training/score_sde/{sde}/{prediction_type}/{weighting}/{int(importance)}"] = loss.reshape(1)
     scheduler = AnnealedLangevinScheduler(num_train_timesteps=20, sigma_max=5.0)
     with torch.no_grad():
-        loss, _ = train_ncsn.make_loss(scheduler, torch.device("cpu"))(score_unet, batch, make_generator(12))
+        loss, _ = train_ncsn.make_loss(scheduler.convention, torch.device("cpu"))(score_unet, batch, make_generator(12))
     cases["training/ncsn"] = loss.reshape(1)
     return cases
 

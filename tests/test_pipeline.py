@@ -474,12 +474,20 @@ def test_label_out_of_range_of_a_classifier_without_config_raises(ddpm_folder):
 
 
 def test_unknown_scheduler_and_deviceless_component_are_rejected():
-    from diffusers import EulerDiscreteScheduler
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
     with pytest.raises(ValueError, match="scheduler"):
-        ScoreGuidedPipeline(unet=tiny_unet(), scheduler=EulerDiscreteScheduler())
+        ScoreGuidedPipeline(unet=tiny_unet(), scheduler=FlowMatchEulerDiscreteScheduler())
     with pytest.raises(ValueError, match="classifier.*device"):
         ScoreGuidedPipeline(unet=tiny_unet(), scheduler=DDPMScheduler(), classifier=torch.nn.Linear(2, 2))
+
+
+def test_any_alpha_bar_scheduler_is_swapped_for_the_default_vp_sampler():
+    from diffusers import EulerDiscreteScheduler
+
+    pipe = ScoreGuidedPipeline(unet=tiny_unet(), scheduler=EulerDiscreteScheduler(num_train_timesteps=100))
+    assert isinstance(pipe.scheduler, ProbabilityFlowScheduler)
+    assert (pipe.scheduler.config.sde_type, pipe.scheduler.config.num_train_timesteps) == ("vp", 100)
 
 
 # ---- likelihood ---------------------------------------------------------------------------------------------------
@@ -498,3 +506,35 @@ def test_log_likelihood_takes_pipeline_images(ddpm_folder):
         pipe.log_likelihood(images * 2 - 1)
     with pytest.raises(ValueError, match="channels"):
         pipe.log_likelihood(np.repeat(images, 3, axis=-1))
+
+
+@pytest.mark.parametrize("timestep_type", ["sigma", "discrete"])
+def test_guidance_converts_once_per_evaluation_and_never_inverts_time(ddpm_folder, monkeypatch, timestep_type):
+    """The guided loop adds the classifier term at the grid's σ: no timestep → t inversion per evaluation (VP with σ
+    timesteps used to bisect twice), and one output ↔ score conversion besides the step's own."""
+    from score_diffusers.conventions import ModelConvention
+    from score_diffusers.sde import VPSDE
+
+    calls = {"inverse": 0, "conversion": 0}
+    for owner, name, kind in (
+        (VPSDE, "time_from_noise_to_signal", "inverse"),
+        (ModelConvention, "time", "inverse"),
+        (ModelConvention, "score_from_output", "conversion"),
+        (ModelConvention, "output_from_score", "conversion"),
+    ):
+        original = getattr(owner, name)
+
+        def counted(*args, _original=original, _kind=kind, **kwargs):
+            calls[_kind] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(owner, name, counted)
+    scheduler = PredictorCorrectorScheduler(
+        sde_type="vp", prediction_type="epsilon", timestep_type=timestep_type, corrector="none"
+    )
+    pipe = ScoreGuidedPipeline(unet=tiny_unet(), scheduler=scheduler, classifier=tiny_classifier())
+    pipe.set_progress_bar_config(disable=True)
+    for steps in (3, 6):
+        calls.update(inverse=0, conversion=0)
+        pipe(batch_size=2, num_inference_steps=steps, class_labels=[0, 1], guidance_scale=2.0, output_type="pt")
+        assert calls == {"inverse": 0, "conversion": 2 * steps}, (steps, calls)

@@ -327,6 +327,62 @@ class ScoreSchedulerCommonTest:
         with pytest.raises(SamplingError, match="model_output"):
             scheduler.step(model_output, scheduler.timesteps[middle], sample)
 
+    # -- the public grid and starting mid-run --
+
+    def test_grid_stands_for_each_entry_of_timesteps(self, config):
+        scheduler = self.make(config)
+        scheduler.set_timesteps(5)
+        grid, n = scheduler.grid, len(scheduler.timesteps)
+        for values in (grid.times, grid.alphas, grid.sigmas, grid.next_times, grid.next_alphas, grid.next_sigmas):
+            assert values.shape == (n,) and values.dtype == torch.float64
+        torch.testing.assert_close(scheduler.timestep_for_time(grid.times).float(), scheduler.timesteps)
+        torch.testing.assert_close(grid.alphas, scheduler.sde.mean_coeff(grid.times))
+        torch.testing.assert_close(grid.sigmas, scheduler.sde.marginal_std(grid.times))
+        # Each step returns a sample where the next entry evaluates the model.
+        torch.testing.assert_close(grid.next_times[:-1], grid.times[1:], rtol=0, atol=0)
+        torch.testing.assert_close(grid.next_sigmas[:-1], grid.sigmas[1:], rtol=0, atol=0)
+        ends_on_data = config.get("final_denoising", True)
+        assert (float(grid.next_sigmas[-1]) == 0.0) == ends_on_data
+        assert float(grid.next_alphas[-1]) == (1.0 if ends_on_data else float(grid.alphas[-1]))
+
+    def test_begin_index_resumes_a_run(self, config, mixture):
+        scheduler = self.make(config)
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        model = ExactScoreModel(mixture, scheduler)
+        # A run may begin at a multiple of `order` (Heun's second evaluations are the odd entries).
+        begin = len(scheduler.timesteps) // 2 // scheduler.order * scheduler.order
+        generator = make_generator(3)
+        sample = prior_sample(scheduler, FLAT_SHAPE, generator)
+        for index, timestep in enumerate(scheduler.timesteps):
+            if index == begin:
+                resumed_sample, state = sample.clone(), generator.get_state()
+            sample = scheduler.step(model(sample, timestep), timestep, sample, generator=generator).prev_sample
+
+        resumed = self.make(config)
+        resumed.set_timesteps(NUM_INFERENCE_STEPS)
+        resumed.set_begin_index(begin)
+        assert resumed.step_index == begin == resumed.begin_index
+        generator.set_state(state)
+        for timestep in resumed.timesteps[begin:]:
+            resumed_sample = resumed.step(model(resumed_sample, timestep), timestep, resumed_sample,
+                                          generator=generator).prev_sample
+        if config.get("solver") == "dpmpp_2m":
+            # A multistep run started mid-way has no history: its first step is first order.
+            assert bool(torch.isfinite(resumed_sample).all())
+        else:
+            torch.testing.assert_close(resumed_sample, sample, rtol=0, atol=0)
+        with pytest.raises(ValueError, match="before the run's first `step`"):
+            resumed.set_begin_index(0)
+
+    def test_begin_index_out_of_range(self, config):
+        scheduler = self.make(config)
+        with pytest.raises(ValueError, match="set_timesteps"):
+            scheduler.set_begin_index(0)
+        scheduler.set_timesteps(3)
+        for bad in (len(scheduler.timesteps), -1, 1.0):
+            with pytest.raises(ValueError, match="begin_index"):
+                scheduler.set_begin_index(bad)
+
     def test_stepping_past_the_end(self, config, mixture):
         scheduler = self.make(config)
         model = ExactScoreModel(mixture, scheduler)

@@ -164,6 +164,12 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         grid = ScheduleGrid.build(self.convention, model_times, next_times, lands_on_data)
         self._reset_timesteps(self.timestep_for_time(model_times), num_inference_steps, device, grid)
 
+    @property
+    def order(self) -> int:
+        """Entries of `timesteps` per interval: 2 for Heun (its second evaluation is an entry of its own, as in
+        Diffusers' `HeunDiscreteScheduler`), 1 otherwise. A run may begin at any multiple of it."""
+        return 2 if self.config.solver == "heun" else 1
+
     def _can_begin_at(self, index: int) -> bool:
         # Heun's second evaluation needs the first half of its interval.
         return self._plan[index][0] != "correct"
