@@ -37,7 +37,7 @@ from diffusers import UNet2DModel
 
 from score_diffusers import AnnealedLangevinScheduler, NoiseConditionalClassifier, ScoreGuidedPipeline
 from score_diffusers.datasets import load_digits_images
-from training.common import DIGITS_DEFAULT_RESOLUTION
+from training.data import DIGITS_DEFAULT_RESOLUTION
 
 try:
     from machine import machine_description

@@ -31,6 +31,13 @@ from score_diffusers import (
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TRAINING = REPO_ROOT / "training"
+# The scripts' shared modules, imported as the scripts import them: `training` from the repository root.
+sys.path.insert(0, str(REPO_ROOT))
+
+from training import arguments  # noqa: E402
+from training.data import load_image_data, prepare_training_data  # noqa: E402
+from training.unet import add_unet_arguments  # noqa: E402
+
 LAUNCH = [
     sys.executable,
     "-m",
@@ -328,6 +335,8 @@ def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch):
             "--push_to_hub",
             "--hub_model_id",
             "someone/tiny-ve",
+            "--hub_token",
+            "hf_recorded",
             "--logger",
             "none",
         ]
@@ -335,6 +344,7 @@ def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch):
     assert [call[0] for call in calls] == ["create_repo", "upload_folder"]
     (_, repo_id, create_kwargs), (_, upload_repo, upload_kwargs) = calls
     assert repo_id == upload_repo == "someone/tiny-ve" and create_kwargs["exist_ok"]
+    assert create_kwargs["token"] == upload_kwargs["token"] == "hf_recorded"
     assert Path(upload_kwargs["folder_path"]) == output_dir
     for name in ("README.md", "model_index.json", "samples.png", UNET_WEIGHTS, "scheduler/scheduler_config.json"):
         assert name in upload_kwargs["files"], name
@@ -357,16 +367,20 @@ def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch):
         ("train_ncsn", ["--block_out_channels", "8", "8", "8", "8", "8", "8"], "not divisible"),
         ("train_score_sde", ["--sde", "vpp"], "invalid choice: 'vpp'"),
         ("train_score_sde", ["--weighting", "elbo"], "invalid choice: 'elbo'"),
+        ("train_ncsn", ["--max_train_steps", "0"], "--max_train_steps must be >= 1; got 0"),
         ("train_score_sde", ["--importance_sampling"], "--importance_sampling needs --weighting likelihood"),
+        ("train_score_sde", ["--num_inference_steps", "0"], "--num_inference_steps must be >= 1"),
         ("train_classifier", ["--pretrained_model_name_or_path", "/"], "is not a saved pipeline folder"),
     ],
 )
 def test_bad_arguments_fail_before_training(script, args, message, tmp_path, capsys):
+    """Exit status 2 and `error: <message>` on stderr, as argparse reports a bad flag, with no output written."""
     output_dir = tmp_path / "out"
     with pytest.raises(SystemExit) as raised:
         load_script(script).main(["--output_dir", str(output_dir), *args])
-    assert raised.value.code != 0
-    assert message in str(raised.value.code) + capsys.readouterr().err
+    assert raised.value.code == 2
+    stderr = capsys.readouterr().err
+    assert "error: " in stderr and message in stderr
     assert not output_dir.exists()
 
 
@@ -383,20 +397,19 @@ def test_bad_argument_through_accelerate_launch_is_quick_and_clear(tmp_path):
     assert time.perf_counter() - start < 120
 
 
-def test_image_folder_data_follow_the_images(tmp_path):
+def test_image_folder_data_follow_the_images(tmp_path, capsys):
     """`--train_data_dir` reads an image folder: channels from the images, labels from sub-folders; empty fails."""
     import numpy as np
     from PIL import Image
 
-    common = load_script("train_ncsn").common
     for label in ("a", "b"):
         (tmp_path / "images" / label).mkdir(parents=True)
         for index in range(3):
             pixels = np.random.default_rng(index).integers(0, 256, (12, 20, 3), dtype=np.uint8)
             Image.fromarray(pixels).save(tmp_path / "images" / label / f"{index}.png")
-    parser = common.build_parser("test")
-    common.add_unet_arguments(parser)
-    args = common.parse_args(
+    parser = arguments.build_parser("test")
+    add_unet_arguments(parser)
+    args = arguments.parse_args(
         parser,
         [
             "--output_dir",
@@ -410,7 +423,7 @@ def test_image_folder_data_follow_the_images(tmp_path):
             "16",
         ],
     )
-    data = common.prepare_training_data(args, args.block_out_channels)
+    data = prepare_training_data(args, args.block_out_channels)
     batch = data.__getitems__([0, 5])
     assert (len(data), data.num_channels, data.resolution, data.num_classes) == (6, 3, 8, 2)
     assert (
@@ -420,10 +433,11 @@ def test_image_folder_data_follow_the_images(tmp_path):
     assert batch["labels"].tolist() == [0, 1]
 
     (tmp_path / "empty").mkdir()
-    with pytest.raises(SystemExit, match="holds no readable images"):
+    with pytest.raises(SystemExit) as raised:
         load_script("train_ncsn").main(
             ["--output_dir", str(tmp_path / "out"), "--train_data_dir", str(tmp_path / "empty")]
         )
+    assert raised.value.code == 2 and "holds no readable images" in capsys.readouterr().err
 
 
 def test_dataset_name_reads_a_dataset_with_its_columns(tmp_path):
@@ -440,25 +454,24 @@ def test_dataset_name_reads_a_dataset_with_its_columns(tmp_path):
     for split, keep in (("train", slice(0, 4)), ("test", slice(4, 5))):
         rows = {"picture": images[keep], "digit": [0, 1, 2, 1, 0][keep]}
         datasets.Dataset.from_dict(rows, features=features).to_parquet(repository / f"{split}-00000-of-00001.parquet")
-    common = load_script("train_ncsn").common
-    parser = common.build_parser("test")
-    common.add_unet_arguments(parser)
+    parser = arguments.build_parser("test")
+    add_unet_arguments(parser)
     argv = ["--output_dir", str(tmp_path / "out"), "--dataset_name", str(tmp_path / "repo"), "--resolution", "8"]
     argv += ["--block_out_channels", "8", "16", "--image_column", "picture", "--label_column", "digit"]
     argv += ["--cache_dir", str(tmp_path / "cache")]
-    args = common.parse_args(parser, argv)
+    args = arguments.parse_args(parser, argv)
 
-    data = common.prepare_training_data(args, args.block_out_channels)
+    data = prepare_training_data(args, args.block_out_channels)
     batch = data.__getitems__([0, 3])
     assert (len(data), data.num_channels, data.resolution, data.num_classes) == (4, 1, 8, 3)
     assert batch["labels"].tolist() == [0, 1]
     # Pixel value 40·i maps to 2·40i/255 − 1.
     torch.testing.assert_close(batch["images"][:, 0, 0, 0], torch.tensor([-1.0, 2 * 120 / 255 - 1]))
-    assert len(common.load_image_data(args, split="test")) == 1
+    assert len(load_image_data(args, split="test")) == 1
 
     args.image_column = "pixels"
-    with pytest.raises(SystemExit, match="no column 'pixels'"):
-        common.prepare_training_data(args, args.block_out_channels)
+    with pytest.raises(ValueError, match="no column 'pixels'"):
+        prepare_training_data(args, args.block_out_channels)
 
 
 def test_score_sde_ve_epsilon_in_bf16_mixed_precision(tmp_path):

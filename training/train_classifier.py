@@ -25,18 +25,26 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from accelerate.logging import get_logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from score_diffusers import NoiseConditionalClassifier, ScoreGuidedPipeline
-from training import common
+from score_diffusers import ModelConvention, NoiseConditionalClassifier, ScoreGuidedPipeline
+from training import arguments
+from training.data import ImageBatchDataset, load_image_data, prepare_training_data
+from training.hub import finish, write_model_card
+from training.loop import LossFunction, TrainingResult, make_accelerator, train, uniform_times
+from training.samples import SAMPLE_GRID_NAME, GridFunction, save_sample_grid
 
-logger = common.logger
+logger = get_logger(__name__, log_level="INFO")
 ACCURACY_FILE = "accuracy_per_noise_level.json"
+# Steps of the guided grid when neither --num_inference_steps nor the pipeline's scheduler names a count, for a
+# scheduler trained on more than this many levels or grid points.
+MAX_DEFAULT_GRID_STEPS = 100
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = common.build_parser(__doc__.split("\n\n")[0])
+def build_parser() -> argparse.ArgumentParser:
+    parser = arguments.build_parser(__doc__.split("\n\n")[0])
     parser.add_argument(
         "--pretrained_model_name_or_path",
         type=str,
@@ -53,7 +61,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     evaluation.add_argument(
         "--save_pipeline",
         action="store_true",
-        help="Save the pipeline with the classifier attached (and a guided sample grid) instead of the classifier alone.",
+        help="Save the pipeline with the classifier attached (and a guided sample grid) instead of the classifier "
+        "alone.",
     )
     evaluation.add_argument("--guidance_scale", type=float, default=1.0, help="Guidance scale of the sample grid.")
     evaluation.add_argument(
@@ -63,12 +72,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="Sampler steps of the guided grid (default: the pipeline's).",
     )
     parser.set_defaults(num_epochs=10, learning_rate=1e-3, lr_warmup_steps=50)
-    args = common.parse_args(parser, argv)
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the arguments; a bad value raises `ValueError`."""
+    args = arguments.parse_args(parser, argv)
     if args.num_eval_levels < 1:
-        raise common.UsageError(f"--num_eval_levels must be >= 1; got {args.num_eval_levels}.")
+        raise ValueError(f"--num_eval_levels must be >= 1; got {args.num_eval_levels}.")
+    if args.num_inference_steps is not None and args.num_inference_steps < 1:
+        raise ValueError(f"--num_inference_steps must be >= 1; got {args.num_inference_steps}.")
     local = Path(args.pretrained_model_name_or_path)
     if local.exists() and not (local / "model_index.json").is_file():
-        raise common.UsageError(f"--pretrained_model_name_or_path {str(local)!r} is not a saved pipeline folder.")
+        raise ValueError(f"--pretrained_model_name_or_path {str(local)!r} is not a saved pipeline folder.")
     return args
 
 
@@ -78,29 +94,27 @@ def load_pipeline(args: argparse.Namespace) -> ScoreGuidedPipeline:
     return pipeline
 
 
-def check_data_matches(data: common.ImageBatchDataset, unet_config, source: str) -> None:
+def check_data_matches(data: ImageBatchDataset, unet_config, source: str) -> None:
     """The classifier is trained on the unet's images: same size and channels, and labelled."""
     size = unet_config.sample_size if isinstance(unet_config.sample_size, int) else unet_config.sample_size[0]
     if (data.resolution, data.num_channels) != (size, unet_config.in_channels):
-        raise common.UsageError(
+        raise ValueError(
             f"the data are {data.num_channels}×{data.resolution}×{data.resolution} but the unet of {source} takes "
             f"{unet_config.in_channels}×{size}×{size}; set --resolution {size} or use matching data."
         )
     if data.num_classes is None:
-        raise common.UsageError("the data have no labels (--label_column); a classifier needs them.")
+        raise ValueError("the data have no labels (--label_column); a classifier needs them.")
 
 
-def time_range(scheduler) -> float:
-    """ε: the smallest training time, where the pipeline's sampler stops."""
-    return scheduler.sampling_eps
+def make_loss(convention: ModelConvention) -> LossFunction:
+    """Cross-entropy of the labels at t ~ U[ε, 1], ε the `sampling_eps` where the pipeline's sampler stops."""
+    eps = convention.sampling_eps
 
-
-def make_loss(scheduler, eps: float) -> common.LossFunction:
     def loss_fn(classifier: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
         x0, labels = batch["images"], batch["labels"]
-        noisy = common.noisy_batch(
-            scheduler, x0, common.uniform_times(x0.shape[0], eps, generator, x0.device), generator
-        )
+        t = uniform_times(x0.shape[0], eps, generator, x0.device)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noisy = convention.perturb(x0, t, noise)
         logits = classifier(noisy.sample, noisy.timestep).logits
         accuracy = (logits.argmax(-1) == labels).float().mean().item()
         return F.cross_entropy(logits.float(), labels), {"train_accuracy": accuracy}
@@ -111,9 +125,8 @@ def make_loss(scheduler, eps: float) -> common.LossFunction:
 @torch.no_grad()
 def accuracy_per_noise_level(
     classifier: torch.nn.Module,
-    scheduler,
-    data: common.ImageBatchDataset,
-    eps: float,
+    convention: ModelConvention,
+    data: ImageBatchDataset,
     num_levels: int,
     seed: int,
     batch_size: int,
@@ -122,30 +135,32 @@ def accuracy_per_noise_level(
     device = next(classifier.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     rows = []
-    for t in torch.linspace(eps, 1, num_levels).tolist():
+    for t in torch.linspace(convention.sampling_eps, 1, num_levels).tolist():
         correct = 0
         for start in range(0, len(data), batch_size):
             batch = data.__getitems__(list(range(start, min(start + batch_size, len(data)))))
             x0, labels = batch["images"].to(device), batch["labels"].to(device)
-            noisy = common.noisy_batch(scheduler, x0, torch.full((x0.shape[0],), t, device=device), generator)
+            noise = torch.randn(x0.shape, generator=generator, device=device, dtype=x0.dtype)
+            noisy = convention.perturb(x0, torch.full((x0.shape[0],), t, device=device), noise)
             correct += int((classifier(noisy.sample, noisy.timestep).logits.argmax(-1) == labels).sum())
-        sigma = float(scheduler.sde.marginal_std(torch.tensor(t, dtype=torch.float64)))
-        timestep = float(scheduler.timestep_for_time(torch.tensor(t, dtype=torch.float64)))
-        rows.append({"t": t, "sigma": sigma, "timestep": timestep, "accuracy": correct / len(data)})
+        _, sigma = convention.coefficients(t)
+        timestep = convention.timestep(t)
+        rows.append({"t": t, "sigma": float(sigma), "timestep": float(timestep), "accuracy": correct / len(data)})
     return rows
 
 
-def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
-    args = parse_args(argv)
-    pipeline = load_pipeline(args)
-    if args.resolution is None:
-        size = pipeline.unet.config.sample_size
-        args.resolution = size if isinstance(size, int) else size[0]
-    data = common.prepare_training_data(args, args.block_out_channels)
-    check_data_matches(data, pipeline.unet.config, args.pretrained_model_name_or_path)
+def main(argv: Sequence[str] | None = None) -> TrainingResult:
+    parser = build_parser()
+    with arguments.usage_errors(parser):
+        args = parse_args(parser, argv)
+        pipeline = load_pipeline(args)
+        if args.resolution is None:
+            size = pipeline.unet.config.sample_size
+            args.resolution = size if isinstance(size, int) else size[0]
+        data = prepare_training_data(args, args.block_out_channels)
+        check_data_matches(data, pipeline.unet.config, args.pretrained_model_name_or_path)
+        accelerator = make_accelerator(args, "train_classifier", data)
     scheduler = pipeline.scheduler
-    eps = time_range(scheduler)
-    accelerator = common.make_accelerator(args, "train_classifier")
     pipeline.to(accelerator.device)
     torch.manual_seed(args.seed)
     classifier = NoiseConditionalClassifier.from_unet(
@@ -155,12 +170,12 @@ def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
         layers_per_block=args.layers_per_block,
         norm_num_groups=min(32, math.gcd(*args.block_out_channels)),
     )
-    result = common.train(args, accelerator, classifier, data, make_loss(scheduler, eps))
+    result = train(args, accelerator, classifier, data, make_loss(scheduler.convention))
 
     output_dir = Path(args.output_dir)
-    test_data = common.load_image_data(args, split="test")
+    test_data = load_image_data(args, split="test")
     rows = accuracy_per_noise_level(
-        result.model, scheduler, test_data, eps, args.num_eval_levels, args.seed, args.train_batch_size
+        result.model, scheduler.convention, test_data, args.num_eval_levels, args.seed, args.train_batch_size
     )
     logger.info("Held-out accuracy per noise level:\n" + format_accuracy_table(rows))
     accelerator.log(
@@ -177,10 +192,10 @@ def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
         (output_dir / ACCURACY_FILE).write_text(json.dumps(rows, indent=2))
     if args.save_pipeline:
         guided = guided_grid_fn(pipeline, result.model, scheduler, data.num_classes, args)
-        common.save_sample_grid(accelerator, guided, result.model, args, output_dir / common.SAMPLE_GRID_NAME)
+        save_sample_grid(accelerator, guided, result.model, args, output_dir / SAMPLE_GRID_NAME)
 
     def write_card() -> Path:
-        return common.write_model_card(
+        return write_model_card(
             args,
             output_dir,
             template="classifier_card.md",
@@ -189,7 +204,7 @@ def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
                 "classifier-guidance",
                 "diffusers:ScoreGuidedPipeline" if args.save_pipeline else "noise-conditional",
             ],
-            training_config=common.config_for_logging(args),
+            training_config=arguments.config_for_logging(args),
             pipeline_tag="unconditional-image-generation" if args.save_pipeline else "image-classification",
             base_pipeline=args.pretrained_model_name_or_path,
             scheduler_class=type(scheduler).__name__,
@@ -203,7 +218,7 @@ def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
             steps=result.global_step,
         )
 
-    common.finish(accelerator, args, output_dir, write_card)
+    finish(accelerator, args, output_dir, write_card)
     return result
 
 
@@ -214,15 +229,16 @@ def format_accuracy_table(rows: list[dict[str, float]]) -> str:
 
 
 def grid_inference_steps(pipeline: ScoreGuidedPipeline, args: argparse.Namespace) -> int:
-    """The guided grid's steps: --num_inference_steps, else all training levels for annealed Langevin, else 100."""
+    """The guided grid's steps: --num_inference_steps, else those the pipeline's scheduler last sampled with, else
+    its training grid (annealed Langevin's L levels), at most `MAX_DEFAULT_GRID_STEPS`."""
     if args.num_inference_steps is not None:
         return args.num_inference_steps
-    if type(pipeline.scheduler).__name__ == "AnnealedLangevinScheduler":
-        return pipeline.scheduler.config.num_train_timesteps
-    return 100
+    if pipeline.scheduler.num_inference_steps is not None:
+        return pipeline.scheduler.num_inference_steps
+    return min(pipeline.scheduler.convention.num_train_timesteps, MAX_DEFAULT_GRID_STEPS)
 
 
-def guided_grid_fn(pipeline: ScoreGuidedPipeline, classifier, scheduler, num_classes: int, args) -> common.GridFunction:
+def guided_grid_fn(pipeline: ScoreGuidedPipeline, classifier, scheduler, num_classes: int, args) -> GridFunction:
     """Guided samples, the classes cycling through the grid."""
 
     def sample(model: torch.nn.Module, num_images: int):

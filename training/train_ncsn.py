@@ -23,13 +23,19 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate.logging import get_logger
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from score_diffusers import AnnealedLangevinScheduler, ScoreGuidedPipeline
-from training import common
+from score_diffusers import AnnealedLangevinScheduler, ModelConvention, ScoreGuidedPipeline
+from training import arguments
+from training.data import ImageBatchDataset, max_pairwise_distance, prepare_training_data
+from training.hub import finish, write_pipeline_card
+from training.loop import LossFunction, TrainingResult, make_accelerator, train
+from training.samples import SAMPLE_GRID_NAME, pipeline_grid_fn, save_sample_grid
+from training.unet import add_unet_arguments, build_unet
 
-logger = common.logger
+logger = get_logger(__name__, log_level="INFO")
 # NCSNv2 technique 2: neighbouring levels overlap so that this much mass of N(0, σ_{i−1}²I) lies within ±3 std of
 # the shell of N(0, σ_i²I).
 _LEVEL_OVERLAP = 0.5
@@ -38,9 +44,9 @@ _MAX_GAMMA = 10.0
 _BISECTION_ITERATIONS = 100
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = common.build_parser(__doc__.split("\n\n")[0])
-    common.add_unet_arguments(parser)
+def build_parser() -> argparse.ArgumentParser:
+    parser = arguments.build_parser(__doc__.split("\n\n")[0])
+    add_unet_arguments(parser)
     ncsn = parser.add_argument_group("noise levels and annealed Langevin sampling")
     ncsn.add_argument("--sigma_min", type=float, default=0.01, help="Smallest noise level σ_L.")
     ncsn.add_argument(
@@ -69,14 +75,22 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=True,
         help="End sampling with the Tweedie denoising step (NCSNv2).",
     )
-    parser.set_defaults(num_epochs=common.SCORE_MODEL_DEFAULT_EPOCHS, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50)
-    args = common.parse_args(parser, argv)
-    if not 0 < args.sigma_min < (args.sigma_max or math.inf):
-        raise common.UsageError(f"need 0 < --sigma_min < --sigma_max; got {args.sigma_min} and {args.sigma_max}.")
+    parser.set_defaults(
+        num_epochs=arguments.SCORE_MODEL_DEFAULT_EPOCHS, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50
+    )
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the arguments; a bad value raises `ValueError`."""
+    args = arguments.parse_args(parser, argv)
+    sigma_max = math.inf if args.sigma_max is None else args.sigma_max
+    if not 0 < args.sigma_min < sigma_max:
+        raise ValueError(f"need 0 < --sigma_min < --sigma_max; got {args.sigma_min} and {args.sigma_max}.")
     if args.num_noise_levels is not None and args.num_noise_levels < 2:
-        raise common.UsageError(f"--num_noise_levels must be >= 2; got {args.num_noise_levels}.")
+        raise ValueError(f"--num_noise_levels must be >= 2; got {args.num_noise_levels}.")
     if args.steps_per_level < 1 or (args.step_size is not None and args.step_size <= 0):
-        raise common.UsageError("--steps_per_level must be >= 1 and --step_size > 0.")
+        raise ValueError("--steps_per_level must be >= 1 and --step_size > 0.")
     return args
 
 
@@ -118,10 +132,10 @@ def ncsnv2_step_size(gamma: float, sigma_min: float, steps_per_level: int) -> fl
     return float(ratio[np.argmin(np.abs(value - 1))] * sigma_min**2)
 
 
-def build_scheduler(args: argparse.Namespace, data: common.ImageBatchDataset) -> AnnealedLangevinScheduler:
+def build_scheduler(args: argparse.Namespace, data: ImageBatchDataset) -> AnnealedLangevinScheduler:
     """An `AnnealedLangevinScheduler` on the training levels, with NCSNv2's defaults where arguments are unset."""
     dimension = data.num_channels * data.resolution**2
-    sigma_max = args.sigma_max or common.max_pairwise_distance(data)
+    sigma_max = args.sigma_max or max_pairwise_distance(data)
     num_levels = args.num_noise_levels or num_levels_for(sigma_max, args.sigma_min, dimension)
     gamma = (sigma_max / args.sigma_min) ** (1 / (num_levels - 1))
     # The scheduler's update is x + (α/2)s + √α z, NCSNv2's is x + α s + √(2α) z: the same dynamics at twice ε.
@@ -141,15 +155,16 @@ def build_scheduler(args: argparse.Namespace, data: common.ImageBatchDataset) ->
 # ---- loss -----------------------------------------------------------------------------------------------------------
 
 
-def make_loss(scheduler: AnnealedLangevinScheduler, device: torch.device) -> common.LossFunction:
-    """Denoising score matching with λ(σ) = σ² over the scheduler's training levels."""
-    num_levels = scheduler.config.num_train_timesteps
-    level_times = torch.linspace(scheduler.sde.T, 0, num_levels, device=device)
+def make_loss(convention: ModelConvention, device: torch.device) -> LossFunction:
+    """Denoising score matching with λ(σ) = σ² over the convention's `num_train_timesteps` training levels."""
+    num_levels = convention.num_train_timesteps
+    level_times = torch.linspace(convention.sde.T, 0, num_levels, device=device)
 
     def loss_fn(unet: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
         x0 = batch["images"]
         level = torch.randint(0, num_levels, (x0.shape[0],), generator=generator, device=x0.device)
-        noisy = common.noisy_batch(scheduler, x0, level_times[level], generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noisy = convention.perturb(x0, level_times[level], noise)
         score = unet(noisy.sample, noisy.timestep).sample
         # σ²‖s + z/σ‖² = ‖σs + z‖², averaged over dimensions.
         return (noisy.sigma * score + noisy.noise).square().mean(), {}
@@ -160,28 +175,30 @@ def make_loss(scheduler: AnnealedLangevinScheduler, device: torch.device) -> com
 # ---- main -----------------------------------------------------------------------------------------------------------
 
 
-def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
-    args = parse_args(argv)
-    data = common.prepare_training_data(args, args.block_out_channels)
-    scheduler = build_scheduler(args, data)
-    accelerator = common.make_accelerator(args, "train_ncsn")
+def main(argv: Sequence[str] | None = None) -> TrainingResult:
+    parser = build_parser()
+    with arguments.usage_errors(parser):
+        args = parse_args(parser, argv)
+        data = prepare_training_data(args, args.block_out_channels)
+        accelerator = make_accelerator(args, "train_ncsn", data)
+        scheduler = build_scheduler(args, data)
     logger.info(
         f"{scheduler.config.num_train_timesteps} noise levels from σ_max={scheduler.config.sigma_max:.4g} to "
         f"σ_min={scheduler.config.sigma_min:.4g}; Langevin step size {scheduler.config.step_size:.3g}"
     )
     torch.manual_seed(args.seed)
-    unet = common.build_unet(args, data, time_embedding_type="fourier")
+    unet = build_unet(args, data, time_embedding_type="fourier")
     levels = scheduler.config.num_train_timesteps
-    grid_fn = common.pipeline_grid_fn(scheduler, num_inference_steps=levels, seed=args.seed)
-    result = common.train(args, accelerator, unet, data, make_loss(scheduler, accelerator.device), grid_fn)
+    grid_fn = pipeline_grid_fn(scheduler, num_inference_steps=levels, seed=args.seed)
+    result = train(args, accelerator, unet, data, make_loss(scheduler.convention, accelerator.device), grid_fn)
 
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         ScoreGuidedPipeline(unet=result.model, scheduler=scheduler).save_pretrained(output_dir)
-    common.save_sample_grid(accelerator, grid_fn, result.model, args, output_dir / common.SAMPLE_GRID_NAME)
+    save_sample_grid(accelerator, grid_fn, result.model, args, output_dir / SAMPLE_GRID_NAME)
 
     def write_card() -> Path:
-        return common.write_pipeline_card(
+        return write_pipeline_card(
             args,
             output_dir,
             title="NCSN score model",
@@ -193,10 +210,11 @@ def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
             data=data,
             scheduler=scheduler,
             num_inference_steps=levels,
+            steps_word="noise levels",
             result=result,
         )
 
-    common.finish(accelerator, args, output_dir, write_card)
+    finish(accelerator, args, output_dir, write_card)
     return result
 
 

@@ -29,11 +29,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from score_diffusers import PredictorCorrectorScheduler, ProbabilityFlowScheduler, ScoreGuidedPipeline
+from score_diffusers import ModelConvention, PredictorCorrectorScheduler, ProbabilityFlowScheduler, ScoreGuidedPipeline
 from score_diffusers.sde import SDE
-from training import common
+from training import arguments
+from training.data import ImageBatchDataset, max_pairwise_distance, prepare_training_data
+from training.hub import finish, write_pipeline_card
+from training.loop import LossFunction, TrainingResult, make_accelerator, train, uniform_times
+from training.samples import SAMPLE_GRID_NAME, pipeline_grid_fn, save_sample_grid
+from training.unet import add_unet_arguments, build_unet
 
-logger = common.logger
 SDE_TYPES = ("ve", "vp", "subvp")
 WEIGHTINGS = ("score", "likelihood")
 # Default sampler per SDE: the VE probability-flow ODE samples noticeably worse than the VE SDE, VP's much better.
@@ -43,9 +47,9 @@ DEFAULT_INFERENCE_STEPS = {"pc": 100, "pf": 30}
 _IMPORTANCE_GRID_POINTS = 4097
 
 
-def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    parser = common.build_parser(__doc__.split("\n\n")[0])
-    common.add_unet_arguments(parser)
+def build_parser() -> argparse.ArgumentParser:
+    parser = arguments.build_parser(__doc__.split("\n\n")[0])
+    add_unet_arguments(parser)
     sde = parser.add_argument_group("SDE and objective")
     sde.add_argument("--sde", type=str, default="ve", choices=SDE_TYPES, help="The forward SDE.")
     sde.add_argument("--sigma_min", type=float, default=0.01, help="VE: σ_min.")
@@ -87,29 +91,38 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     sample.add_argument(
         "--num_inference_steps", type=int, default=None, help="Sampler steps for the sample grids (pc: 100, pf: 30)."
     )
-    parser.set_defaults(num_epochs=common.SCORE_MODEL_DEFAULT_EPOCHS, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50)
-    args = common.parse_args(parser, argv)
+    parser.set_defaults(
+        num_epochs=arguments.SCORE_MODEL_DEFAULT_EPOCHS, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50
+    )
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse and check the arguments and fill in the sampler's defaults; a bad value raises `ValueError`."""
+    args = arguments.parse_args(parser, argv)
     if args.importance_sampling and args.weighting != "likelihood":
-        raise common.UsageError("--importance_sampling needs --weighting likelihood.")
+        raise ValueError("--importance_sampling needs --weighting likelihood.")
     if not 0 < args.training_eps < 1:
-        raise common.UsageError(f"--training_eps must lie in (0, 1); got {args.training_eps}.")
+        raise ValueError(f"--training_eps must lie in (0, 1); got {args.training_eps}.")
     if args.sigma_max is not None and not 0 < args.sigma_min < args.sigma_max:
-        raise common.UsageError(f"need 0 < --sigma_min < --sigma_max; got {args.sigma_min} and {args.sigma_max}.")
+        raise ValueError(f"need 0 < --sigma_min < --sigma_max; got {args.sigma_min} and {args.sigma_max}.")
     if not 0 <= args.beta_min <= args.beta_max:
-        raise common.UsageError(f"need 0 <= --beta_min <= --beta_max; got {args.beta_min} and {args.beta_max}.")
+        raise ValueError(f"need 0 <= --beta_min <= --beta_max; got {args.beta_min} and {args.beta_max}.")
+    if args.num_inference_steps is not None and args.num_inference_steps < 1:
+        raise ValueError(f"--num_inference_steps must be >= 1; got {args.num_inference_steps}.")
     args.sampler = args.sampler or DEFAULT_SAMPLERS[args.sde]
     args.num_inference_steps = args.num_inference_steps or DEFAULT_INFERENCE_STEPS[args.sampler]
     return args
 
 
-def build_scheduler(args: argparse.Namespace, data: common.ImageBatchDataset):
+def build_scheduler(args: argparse.Namespace, data: ImageBatchDataset | None):
     """The saved sampler: the same SDE, the unet's prediction type and timestep convention."""
     scheduler_class = PredictorCorrectorScheduler if args.sampler == "pc" else ProbabilityFlowScheduler
     return scheduler_class(
         num_train_timesteps=args.num_train_timesteps,
         sde_type=args.sde,
         sigma_min=args.sigma_min,
-        sigma_max=(args.sigma_max or common.max_pairwise_distance(data)) if args.sde == "ve" else 50.0,
+        sigma_max=(args.sigma_max or max_pairwise_distance(data)) if args.sde == "ve" else 50.0,
         beta_min=args.beta_min,
         beta_max=args.beta_max,
         prediction_type=args.prediction_type,
@@ -151,9 +164,10 @@ class ImportanceTimeSampler:
         return t.float(), weight.float()
 
 
-def make_loss(args: argparse.Namespace, scheduler, device: torch.device) -> common.LossFunction:
-    """Weighted denoising score matching, ‖σ_t s_θ + z‖² times λ(t)/σ_t² (and the importance weight)."""
-    sde, eps = scheduler.sde, args.training_eps
+def make_loss(args: argparse.Namespace, convention: ModelConvention, device: torch.device) -> LossFunction:
+    """Weighted denoising score matching, ‖σ_t s_θ + z‖² times λ(t)/σ_t² (and the importance weight), for a model
+    with `convention`'s SDE, timesteps and prediction type."""
+    sde, eps = convention.sde, args.training_eps
     importance = ImportanceTimeSampler(sde, eps, device) if args.importance_sampling else None
 
     def loss_fn(unet: torch.nn.Module, batch: dict[str, torch.Tensor], generator: torch.Generator):
@@ -161,12 +175,13 @@ def make_loss(args: argparse.Namespace, scheduler, device: torch.device) -> comm
         if importance is not None:
             t, weight = importance.sample(x0.shape[0], generator)
         else:
-            t = common.uniform_times(x0.shape[0], eps, generator, x0.device)
+            t = uniform_times(x0.shape[0], eps, generator, x0.device)
             weight = likelihood_density(sde, t) if args.weighting == "likelihood" else torch.ones_like(t)
-        noisy = common.noisy_batch(scheduler, x0, t, generator)
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+        noisy = convention.perturb(x0, t, noise)
         output = unet(noisy.sample, noisy.timestep).sample
         # σ·s = σ·output for a score model; σ·s = −ε̂ for an ε model.
-        sigma_score = noisy.sigma * output if args.prediction_type == "score" else -output
+        sigma_score = noisy.sigma * output if convention.prediction_type == "score" else -output
         residual = (sigma_score + noisy.noise).square().flatten(1).mean(1)
         return (weight.to(residual.dtype) * residual).mean(), {}
 
@@ -184,25 +199,27 @@ def ddpm_scheduler_arguments(args: argparse.Namespace) -> str | None:
     return f"num_train_timesteps={n}, beta_start={args.beta_min / n:g}, beta_end={args.beta_max / n:g}"
 
 
-def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
-    args = parse_args(argv)
-    data = common.prepare_training_data(args, args.block_out_channels)
-    scheduler = build_scheduler(args, data)
-    accelerator = common.make_accelerator(args, "train_score_sde")
+def main(argv: Sequence[str] | None = None) -> TrainingResult:
+    parser = build_parser()
+    with arguments.usage_errors(parser):
+        args = parse_args(parser, argv)
+        data = prepare_training_data(args, args.block_out_channels)
+        scheduler = build_scheduler(args, data)
+        accelerator = make_accelerator(args, "train_score_sde", data)
     torch.manual_seed(args.seed)
-    unet = common.build_unet(
+    unet = build_unet(
         args,
         data,
         time_embedding_type="fourier" if args.prediction_type == "score" else "positional",
         num_train_timesteps=args.num_train_timesteps,
     )
-    grid_fn = common.pipeline_grid_fn(scheduler, num_inference_steps=args.num_inference_steps, seed=args.seed)
-    result = common.train(args, accelerator, unet, data, make_loss(args, scheduler, accelerator.device), grid_fn)
+    grid_fn = pipeline_grid_fn(scheduler, num_inference_steps=args.num_inference_steps, seed=args.seed)
+    result = train(args, accelerator, unet, data, make_loss(args, scheduler.convention, accelerator.device), grid_fn)
 
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
         ScoreGuidedPipeline(unet=result.model, scheduler=scheduler).save_pretrained(output_dir)
-    common.save_sample_grid(accelerator, grid_fn, result.model, args, output_dir / common.SAMPLE_GRID_NAME)
+    save_sample_grid(accelerator, grid_fn, result.model, args, output_dir / SAMPLE_GRID_NAME)
 
     weighting = "λ = σ_t²" if args.weighting == "score" else "λ = g(t)² (likelihood weighting)"
     time_sampling = (
@@ -210,7 +227,7 @@ def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
     )
 
     def write_card() -> Path:
-        return common.write_pipeline_card(
+        return write_pipeline_card(
             args,
             output_dir,
             title=f"{args.sde.upper()} SDE score model",
@@ -225,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> common.TrainingResult:
             ddpm_usage=ddpm_scheduler_arguments(args),
         )
 
-    common.finish(accelerator, args, output_dir, write_card)
+    finish(accelerator, args, output_dir, write_card)
     return result
 
 
