@@ -25,7 +25,12 @@ from pathlib import Path
 import torch
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ScoreSdeVeScheduler
 
-from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
+from score_diffusers import (
+    AnnealedLangevinScheduler,
+    ModelConvention,
+    PredictorCorrectorScheduler,
+    ProbabilityFlowScheduler,
+)
 from score_diffusers.testing import ExactScoreModel, GaussianMixture, quality_report, run_loop, run_sampler
 
 try:
@@ -88,7 +93,7 @@ def ddpm_config_scheduler(klass, **overrides):
 def sample_score_sde_ve(mixture: GaussianMixture, num_steps: int, shape, generator) -> tuple[torch.Tensor, int]:
     """Diffusers' ScoreSdeVeScheduler PC loop as `ScoreSdeVePipeline` runs it (two model calls per step)."""
     scheduler = ScoreSdeVeScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, snr=0.16)
-    model = ExactScoreModel(mixture, PredictorCorrectorScheduler.from_config(scheduler.config))
+    model = ExactScoreModel(mixture, ModelConvention.from_config(scheduler.config))
     scheduler.set_timesteps(num_steps)
     scheduler.set_sigmas(num_steps)
     sample = torch.randn(shape, generator=generator) * scheduler.init_noise_sigma

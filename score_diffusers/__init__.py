@@ -36,19 +36,19 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = list(_EXPORTS)
 
-if TYPE_CHECKING:
-    from .checks import SamplingError
-    from .conventions import ModelConvention
-    from .likelihood import LikelihoodOutput, decode, encode, log_likelihood
-    from .models import DenoisedInputClassifier, EpsilonToScore, NoiseConditionalClassifier
-    from .pipelines import ScoreGuidedPipeline
-    from .schedulers import (
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports on first use
+    from .checks import SamplingError  # noqa: F401
+    from .conventions import ModelConvention  # noqa: F401
+    from .likelihood import LikelihoodOutput, decode, encode, log_likelihood  # noqa: F401
+    from .models import DenoisedInputClassifier, EpsilonToScore, NoiseConditionalClassifier  # noqa: F401
+    from .pipelines import ScoreGuidedPipeline  # noqa: F401
+    from .schedulers import (  # noqa: F401
         AnnealedLangevinScheduler,
         PredictorCorrectorScheduler,
         ProbabilityFlowScheduler,
         ScoreSchedulerOutput,
     )
-    from .sde import SDE, SubVPSDE, VESDE, VPSDE
+    from .sde import SDE, SubVPSDE, VESDE, VPSDE  # noqa: F401
 
 
 def __getattr__(name: str) -> Any:

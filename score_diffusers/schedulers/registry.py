@@ -83,6 +83,11 @@ SCHEDULERS: dict[str, SchedulerRecipe] = {
         {"solver": "dpmpp_2m"},
         "probability-flow ODE, DPM-Solver++(2M) multistep: second order, 1 evaluation a step",
     ),
+    "pf-dpmpp-3m": SchedulerRecipe(
+        ProbabilityFlowScheduler,
+        {"solver": "dpmpp_3m"},
+        "probability-flow ODE, DPM-Solver++(3M) multistep: third order, 1 evaluation a step (2M at very few steps)",
+    ),
     "annealed-langevin": SchedulerRecipe(
         AnnealedLangevinScheduler,
         {},

@@ -25,26 +25,29 @@ from .scheduling_utils import (
     TimestepType,
 )
 
-Solver = Literal["euler", "heun", "dpmpp_2m"]
+Solver = Literal["euler", "heun", "dpmpp_2m", "dpmpp_3m"]
 TimeSpacing = Literal["uniform", "log_sigma", "karras"]
-SOLVERS: tuple[str, ...] = ("euler", "heun", "dpmpp_2m")
+SOLVERS: tuple[str, ...] = ("euler", "heun", "dpmpp_2m", "dpmpp_3m")
+# Orders of the multistep solvers: how many past x̂₀ (plus the current one) a step combines.
+MULTISTEP_ORDERS: dict[str, int] = {"dpmpp_2m": 2, "dpmpp_3m": 3}
 TIME_SPACINGS: tuple[str, ...] = ("uniform", "log_sigma", "karras")
 # ρ of Karras et al.'s noise-level spacing σ_i = (σ_max^{1/ρ} + i/(n−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
 KARRAS_RHO = 7.0
 
 
 class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
-    """Probability-flow ODE sampler for VE, VP and sub-VP SDEs, with Euler, Heun or DPM-Solver++(2M) steps.
+    """Probability-flow ODE sampler for VE, VP and sub-VP SDEs, with Euler, Heun or DPM-Solver++(2M / 3M) steps.
 
     The ODE dx/dt = f(t)x − ½g(t)²∇log p_t(x) has the SDE's marginals. With x̄ = x/α_t and σ̄ = σ_t/α_t it
     becomes dx̄/dσ̄ = (x̄ − x̂₀)/σ̄, x̂₀ = (x + σ_t²·score)/α_t the Tweedie estimate, which the solvers integrate:
     Euler there is DDIM (η = 0), Heun is Karras et al.'s second-order sampler. `"dpmpp_2m"` is the second-order
     multistep DPM-Solver++(2M) of Lu et al. (2022, https://arxiv.org/abs/2211.01095): the Euler step with x̂₀_i
     replaced by x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r_i), where r_i = h_{i−1}/h_i and h_i = log(σ̄_i/σ̄_{i+1}); its first
-    step has no history and stays Euler. The grid 1 = t_0 > … > t_{n−1} = ε is followed by a last Euler step to
-    σ̄ = 0, which returns x̂₀.
+    step has no history and stays Euler. `"dpmpp_3m"` is the third-order DPM-Solver++(3M) (the same paper; the
+    variable-step form of Diffusers' `DPMSolverMultistepScheduler`), which adds x̂₀_{i−2}; it starts with one Euler
+    and one 2M step. The grid 1 = t_0 > … > t_{n−1} = ε is followed by a last Euler step to σ̄ = 0, which returns x̂₀.
 
-    Model evaluations: n for `"euler"` and `"dpmpp_2m"`; 2n − 1 for `"heun"` (two per interval, one for the last
+    Model evaluations: n for `"euler"`, `"dpmpp_2m"` and `"dpmpp_3m"`; 2n − 1 for `"heun"` (two per interval, one for the last
     step), laid out in `timesteps` as t_0, t_1, t_1, t_2, t_2, …, t_{n−1}, t_{n−1} like Diffusers'
     `HeunDiscreteScheduler`.
 
@@ -62,7 +65,7 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
     Args:
         num_train_timesteps (`int`, defaults to 1000): N, the `"discrete"` timestep scale.
         sde_type (`str`, defaults to `"ve"`): `"ve"`, `"vp"` or `"subvp"`.
-        solver (`str`, defaults to `"heun"`): `"euler"`, `"heun"` or `"dpmpp_2m"`.
+        solver (`str`, defaults to `"heun"`): `"euler"`, `"heun"`, `"dpmpp_2m"` or `"dpmpp_3m"`.
         time_spacing (`str`, defaults to `"karras"`): the grid in t: `"uniform"` in t, `"log_sigma"` uniform in
             log σ̄, or `"karras"` (σ̄ spaced with ρ = 7).
         s_churn (`float`, defaults to 0.0): Karras et al.'s S_churn; 0 keeps the sampler deterministic.
@@ -153,7 +156,8 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         else:
             self._plan = [("euler", i) for i in range(num_inference_steps)]
         self._heun_state: tuple[torch.Tensor, torch.Tensor] | None = None
-        self._previous_denoised: torch.Tensor | None = None
+        # x̂₀ at the starts of the steps since the last raised point, newest last (multistep solvers).
+        self._denoised_history: list[torch.Tensor] = []
         model_times = torch.stack([times[i + 1] if kind == "correct" else start_times[i] for kind, i in self._plan])
         # Heun's first half lands on the grid point t_{i+1}; every other entry lands where the next interval starts
         # (raised by the churn), or on the data after the last point.
@@ -205,7 +209,7 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         score = self.convention.score_from_output(model_output, sigma)
         pred_original = self.convention.denoised(sample, score, alpha, sigma)
         scaled = sample if alpha == 1 else sample / alpha
-        target = self._multistep_denoised(pred_original, i) if self.config.solver == "dpmpp_2m" else pred_original
+        target = self._multistep_denoised(pred_original, i) if self.config.solver in MULTISTEP_ORDERS else pred_original
         derivative = sampling.ode_derivative(scaled, target, ratio)
         step = self._ratios[i + 1] - self._start_ratios[i]
         if kind == "correct":
@@ -229,12 +233,22 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
 
     def _multistep_denoised(self, denoised: torch.Tensor, i: int) -> torch.Tensor:
-        """DPM-Solver++(2M)'s x̂₀ for the step from point i: x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r_i), r_i = h_{i−1}/h_i with
-        h_j = log(σ̄̂_j/σ̄_{j+1}); x̂₀_i itself on the first step, after added noise, and on the last step (to σ̄ = 0,
-        where h_i is infinite)."""
-        previous, self._previous_denoised = self._previous_denoised, denoised
+        """The multistep solvers' x̂₀ for the Euler step from point i, with h_j = log(σ̄̂_j/σ̄_{j+1}) and
+        r = h_{i−1}/h_i, r' = h_{i−2}/h_i: DPM-Solver++(2M)'s x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r), or (3M) the same with
+        x̂₀_{i−2}. The order drops to what the history allows: x̂₀_i itself on the first step, after added noise (a
+        raised start breaks the history), and on the last step (to σ̄ = 0, where h_i is infinite)."""
         starts, ratios = self._start_ratios, self._ratios
-        if previous is None or ratios[i + 1] == 0 or starts[i] > ratios[i]:
+        history = self._denoised_history
+        if starts[i] > ratios[i]:
+            history.clear()
+        past = [] if ratios[i + 1] == 0 else history[-(MULTISTEP_ORDERS[self.config.solver] - 1):]
+        history.append(denoised)
+        del history[:-2]
+        if not past:
             return denoised
-        step_ratio = math.log(starts[i - 1] / ratios[i]) / math.log(starts[i] / ratios[i + 1])
-        return sampling.dpmpp_2m_denoised(denoised, previous, step_ratio)
+        step = math.log(starts[i] / ratios[i + 1])
+        step_ratio = math.log(starts[i - 1] / ratios[i]) / step
+        if len(past) == 1:
+            return sampling.dpmpp_2m_denoised(denoised, past[-1], step_ratio)
+        earlier_ratio = math.log(starts[i - 2] / ratios[i - 1]) / step
+        return sampling.dpmpp_3m_denoised(denoised, past[-1], past[-2], step_ratio, earlier_ratio, step)
