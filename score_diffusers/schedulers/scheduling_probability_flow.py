@@ -16,23 +16,22 @@ from .. import sampling
 from ..checks import check_number, check_positive_int
 from .scheduling_utils import (
     SDE_TYPES,
+    TIME_SPACINGS,
+    MultistepHistory,
     BetaSchedule,
     PredictionType,
     ScheduleGrid,
     ScoreSchedulerMixin,
     ScoreSchedulerOutput,
     SDEType,
+    TimeSpacing,
     TimestepType,
 )
 
 Solver = Literal["euler", "heun", "dpmpp_2m", "dpmpp_3m"]
-TimeSpacing = Literal["uniform", "log_sigma", "karras"]
 SOLVERS: tuple[str, ...] = ("euler", "heun", "dpmpp_2m", "dpmpp_3m")
 # Orders of the multistep solvers: how many past x̂₀ (plus the current one) a step combines.
 MULTISTEP_ORDERS: dict[str, int] = {"dpmpp_2m": 2, "dpmpp_3m": 3}
-TIME_SPACINGS: tuple[str, ...] = ("uniform", "log_sigma", "karras")
-# ρ of Karras et al.'s noise-level spacing σ_i = (σ_max^{1/ρ} + i/(n−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
-KARRAS_RHO = 7.0
 
 
 class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
@@ -106,23 +105,6 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
             check_number(argument, value, 0, math.inf, high_open=True)
         check_number("s_tmax", s_tmax, s_tmin, math.inf, allow_none=True, none_means="for no upper bound")
 
-    def _time_grid(self, num_points: int) -> torch.Tensor:
-        eps = self.sampling_eps
-        if self.config.time_spacing == "uniform" or num_points == 1:
-            return torch.linspace(self.sde.T, eps, num_points, dtype=torch.float64)
-        ratio_max = self.sde.noise_to_signal(torch.tensor(self.sde.T, dtype=torch.float64))
-        ratio_min = self.sde.noise_to_signal(torch.tensor(eps, dtype=torch.float64))
-        fractions = torch.linspace(0, 1, num_points, dtype=torch.float64)
-        if self.config.time_spacing == "log_sigma":
-            ratios = torch.exp(ratio_max.log() + fractions * (ratio_min.log() - ratio_max.log()))
-        else:
-            inverse_rho = 1 / KARRAS_RHO
-            ratios = (ratio_max**inverse_rho + fractions * (ratio_min**inverse_rho - ratio_max**inverse_rho)) ** KARRAS_RHO
-        times = self.sde.time_from_noise_to_signal(ratios)
-        # Pin the ends exactly: the inverse leaves them a few ulps off.
-        times[0], times[-1] = self.sde.T, eps
-        return times
-
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Set the grid of `num_inference_steps` time points and reset the step state.
 
@@ -131,7 +113,7 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
             device (`str` or `torch.device`, *optional*): where `timesteps` live.
         """
         check_positive_int("num_inference_steps", num_inference_steps)
-        times = self._time_grid(num_inference_steps)
+        times = self._noise_level_times(num_inference_steps, self.config.time_spacing)
         ratios = self.sde.noise_to_signal(times)
         config = self.config
         start_ratios = sampling.churned_ratios(ratios, config.s_churn, config.s_tmin, config.s_tmax)
@@ -156,8 +138,8 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         else:
             self._plan = [("euler", i) for i in range(num_inference_steps)]
         self._heun_state: tuple[torch.Tensor, torch.Tensor] | None = None
-        # x̂₀ at the starts of the steps since the last raised point, newest last (multistep solvers).
-        self._denoised_history: list[torch.Tensor] = []
+        # x̂₀ at the starts of the steps since the last raised point (multistep solvers).
+        self._denoised_history = MultistepHistory()
         model_times = torch.stack([times[i + 1] if kind == "correct" else start_times[i] for kind, i in self._plan])
         # Heun's first half lands on the grid point t_{i+1}; every other entry lands where the next interval starts
         # (raised by the churn), or on the data after the last point.
@@ -233,22 +215,9 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
 
     def _multistep_denoised(self, denoised: torch.Tensor, i: int) -> torch.Tensor:
-        """The multistep solvers' x̂₀ for the Euler step from point i, with h_j = log(σ̄̂_j/σ̄_{j+1}) and
-        r = h_{i−1}/h_i, r' = h_{i−2}/h_i: DPM-Solver++(2M)'s x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r), or (3M) the same with
-        x̂₀_{i−2}. The order drops to what the history allows: x̂₀_i itself on the first step, after added noise (a
-        raised start breaks the history), and on the last step (to σ̄ = 0, where h_i is infinite)."""
-        starts, ratios = self._start_ratios, self._ratios
-        history = self._denoised_history
-        if starts[i] > ratios[i]:
-            history.clear()
-        past = [] if ratios[i + 1] == 0 else history[-(MULTISTEP_ORDERS[self.config.solver] - 1):]
-        history.append(denoised)
-        del history[:-2]
-        if not past:
-            return denoised
-        step = math.log(starts[i] / ratios[i + 1])
-        step_ratio = math.log(starts[i - 1] / ratios[i]) / step
-        if len(past) == 1:
-            return sampling.dpmpp_2m_denoised(denoised, past[-1], step_ratio)
-        earlier_ratio = math.log(starts[i - 2] / ratios[i - 1]) / step
-        return sampling.dpmpp_3m_denoised(denoised, past[-1], past[-2], step_ratio, earlier_ratio, step)
+        """The multistep solvers' x̂₀ for the Euler step from point i (`MultistepHistory.combine`); a raised start
+        breaks the history."""
+        if self._start_ratios[i] > self._ratios[i]:
+            self._denoised_history.clear()
+        order = MULTISTEP_ORDERS[self.config.solver]
+        return self._denoised_history.combine(denoised, i, order, self._start_ratios, self._ratios)

@@ -5,9 +5,10 @@ described in `score_diffusers.conventions`.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import torch
 from diffusers import ScoreSdeVeScheduler
@@ -15,6 +16,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
+from .. import sampling
 from ..checks import SamplingError, check_choice, check_int, check_positive_int
 from ..conventions import (
     BETA_SCHEDULES,
@@ -33,6 +35,11 @@ from ..conventions import (
 )
 from ..sde import TimeLike
 
+TimeSpacing = Literal["uniform", "log_sigma", "karras"]
+TIME_SPACINGS: tuple[str, ...] = ("uniform", "log_sigma", "karras")
+# ρ of Karras et al.'s noise-level spacing σ_i = (σ_max^{1/ρ} + i/(n−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
+KARRAS_RHO = 7.0
+
 __all__ = [
     "BETA_SCHEDULES",
     "PREDICTION_TYPES",
@@ -42,7 +49,10 @@ __all__ = [
     "PredictionType",
     "SDEType",
     "TimestepType",
+    "MultistepHistory",
     "ScheduleGrid",
+    "TIME_SPACINGS",
+    "TimeSpacing",
     "ScoreSchedulerMixin",
     "ScoreSchedulerOutput",
     "check_choice",
@@ -101,6 +111,34 @@ class ScoreSchedulerOutput(BaseOutput):
     prev_sample: torch.Tensor
     prev_sample_mean: torch.Tensor
     pred_original_sample: torch.Tensor
+
+
+class MultistepHistory:
+    """The x̂₀ of the last steps, for the DPM-Solver++ multistep solvers (probability flow and SDE alike)."""
+
+    def __init__(self):
+        self._values: list[torch.Tensor] = []
+
+    def clear(self) -> None:
+        self._values.clear()
+
+    def combine(
+        self, denoised: torch.Tensor, i: int, order: int, starts: list[float], ratios: list[float]
+    ) -> torch.Tensor:
+        """The x̂₀ for the step from point i (σ̄ `starts[i]`) to σ̄ `ratios[i + 1]`, with h_j = log(starts[j]/ratios[j+1])
+        and r = h_{i−1}/h_i, r' = h_{i−2}/h_i: DPM-Solver++(2M)'s x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r), or (3M, `order` 3)
+        the same with x̂₀_{i−2}. The order drops to what the history holds: x̂₀_i itself on the first step, after
+        `clear`, and on the last step (to σ̄ = 0, where h_i is infinite). Records `denoised`."""
+        past = [] if ratios[i + 1] == 0 else self._values[len(self._values) - (order - 1):]
+        self._values = [*self._values[-1:], denoised]
+        if not past:
+            return denoised
+        step = math.log(starts[i] / ratios[i + 1])
+        step_ratio = math.log(starts[i - 1] / ratios[i]) / step
+        if len(past) == 1:
+            return sampling.dpmpp_2m_denoised(denoised, past[-1], step_ratio)
+        earlier_ratio = math.log(starts[i - 2] / ratios[i - 1]) / step
+        return sampling.dpmpp_3m_denoised(denoised, past[-1], past[-2], step_ratio, earlier_ratio, step)
 
 
 class ScoreSchedulerMixin(SchedulerMixin):
@@ -217,6 +255,25 @@ class ScoreSchedulerMixin(SchedulerMixin):
         self._grid = grid
         self._begin_index = 0
         self._step_index = 0
+
+    def _noise_level_times(self, num_points: int, spacing: str) -> torch.Tensor:
+        """`num_points` times from T down to ε (float64): `"uniform"` in t, `"log_sigma"` uniform in log σ̄, or
+        `"karras"` (σ̄ spaced with ρ = 7, Karras et al., 2022), σ̄ = σ_t/α_t."""
+        eps = self.sampling_eps
+        if spacing == "uniform" or num_points == 1:
+            return torch.linspace(self.sde.T, eps, num_points, dtype=torch.float64)
+        ratio_max = self.sde.noise_to_signal(torch.tensor(self.sde.T, dtype=torch.float64))
+        ratio_min = self.sde.noise_to_signal(torch.tensor(eps, dtype=torch.float64))
+        fractions = torch.linspace(0, 1, num_points, dtype=torch.float64)
+        if spacing == "log_sigma":
+            ratios = torch.exp(ratio_max.log() + fractions * (ratio_min.log() - ratio_max.log()))
+        else:
+            high, low = ratio_max ** (1 / KARRAS_RHO), ratio_min ** (1 / KARRAS_RHO)
+            ratios = (high + fractions * (low - high)) ** KARRAS_RHO
+        times = self.sde.time_from_noise_to_signal(ratios)
+        # Pin the ends exactly: the inverse leaves them a few ulps off.
+        times[0], times[-1] = self.sde.T, eps
+        return times
 
     def _can_begin_at(self, index: int) -> bool:
         """Whether a run may start at entry `index` (a subclass with multi-entry steps refuses their inner entries)."""
