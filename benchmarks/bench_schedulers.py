@@ -30,6 +30,7 @@ from score_diffusers import (
     ModelConvention,
     PredictorCorrectorScheduler,
     ProbabilityFlowScheduler,
+    SDEDPMSolverScheduler,
 )
 from score_diffusers.testing import ExactScoreModel, GaussianMixture, quality_report, run_loop, run_sampler
 
@@ -143,6 +144,9 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
     def pf(**kwargs):
         return ProbabilityFlowScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **kwargs)
 
+    def sde_dpm(**kwargs):
+        return SDEDPMSolverScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **kwargs)
+
     def annealed_langevin(levels: int, step_size: float = ANNEALED_LANGEVIN_STEP_SIZE, consistent: bool = False):
         return AnnealedLangevinScheduler(
             num_train_timesteps=levels,
@@ -173,6 +177,8 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
         ("VE", "PF Heun (karras)", ours(pf), [25, 50]),
         ("VE", f"PF DPM-Solver++(2M) + churn above σ = {half_diameter:.1f} (karras)",
          ours(lambda: pf(solver="dpmpp_2m", s_churn=PROBABILITY_FLOW_CHURN, s_tmin=half_diameter)), [25, 50]),
+        ("VE", "SDE-DPM-Solver++(2M) (karras)", ours(sde_dpm), [20, 50]),
+        ("VE", "SDE-DPM-Solver++(2M) (log σ)", ours(lambda: sde_dpm(time_spacing="log_sigma")), [20, 50]),
         ("VE", "PF DPM-Solver++(2M), x_T from the true p_T (diagnostic)",
          lambda steps, gen: sample_from_exact_prior(pf(solver="dpmpp_2m"), mixture, steps, shape, gen), [50]),
         ("VE", "Annealed Langevin", lambda steps, gen: sample_with(annealed_langevin(steps), mixture, steps, shape, gen), [100, 199]),

@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "AnnealedLangevinScheduler": "schedulers",
     "PredictorCorrectorScheduler": "schedulers",
     "ProbabilityFlowScheduler": "schedulers",
+    "SDEDPMSolverScheduler": "schedulers",
     "ScoreSchedulerOutput": "schedulers",
     "log_likelihood": "likelihood",
     "LikelihoodOutput": "likelihood",
@@ -47,6 +48,7 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
         PredictorCorrectorScheduler,
         ProbabilityFlowScheduler,
         ScoreSchedulerOutput,
+        SDEDPMSolverScheduler,
     )
     from .sde import SDE, SubVPSDE, VESDE, VPSDE  # noqa: F401
 

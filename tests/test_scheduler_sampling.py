@@ -12,7 +12,13 @@ import torch
 from helpers import DATA_DIM, make_generator, sample_with_seed
 from diffusers import DDPMScheduler
 
-from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler, sampling
+from score_diffusers import (
+    AnnealedLangevinScheduler,
+    PredictorCorrectorScheduler,
+    ProbabilityFlowScheduler,
+    SDEDPMSolverScheduler,
+    sampling,
+)
 from score_diffusers.testing import (
     ExactScoreModel,
     GaussianMixture,
@@ -117,6 +123,12 @@ SAMPLERS = {
     "pf_ddpm_linear_heun": (lambda: ProbabilityFlowScheduler.from_config(ddpm("linear")), 30),
     "pf_ve_dpmpp_2m": (lambda: ProbabilityFlowScheduler(solver="dpmpp_2m"), 30),
     "pf_ve_dpmpp_2m_churn": (lambda: ProbabilityFlowScheduler(solver="dpmpp_2m", s_churn=40.0, s_tmin=5.0), 30),
+    "sde_dpmpp_2m_ve": (lambda: SDEDPMSolverScheduler(), 30),
+    "sde_dpmpp_1_ve_sigma_epsilon": (
+        lambda: SDEDPMSolverScheduler(solver_order=1, timestep_type="sigma", prediction_type="epsilon"), 150
+    ),
+    "sde_dpmpp_2m_ddpm_linear": (lambda: SDEDPMSolverScheduler.from_config(ddpm("linear")), 30),
+    "sde_dpmpp_2m_subvp": (lambda: SDEDPMSolverScheduler(sde_type="subvp"), 50),
     "pf_vp_dpmpp_3m_epsilon": (
         lambda: ProbabilityFlowScheduler(sde_type="vp", solver="dpmpp_3m", prediction_type="epsilon"), 30
     ),

@@ -22,7 +22,12 @@ from helpers import (
     sample_with_seed,
 )
 
-from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
+from score_diffusers import (
+    AnnealedLangevinScheduler,
+    PredictorCorrectorScheduler,
+    ProbabilityFlowScheduler,
+    SDEDPMSolverScheduler,
+)
 from score_diffusers.testing import ExactScoreModel, GaussianMixture, run_loop
 from score_diffusers.checks import SamplingError
 from score_diffusers.schedulers import ScoreSchedulerMixin
@@ -88,6 +93,11 @@ def forward_process_coefficients(scheduler, timesteps: torch.Tensor) -> tuple[to
     else:
         t = 1 - timesteps / scale if sde_type == "ve" else timesteps / scale
     return scheduler.sde.mean_coeff(t), scheduler.sde.marginal_std(t)
+
+
+def is_multistep(scheduler) -> bool:
+    """Whether the scheduler's steps combine past x̂₀ (DPM-Solver++ 2M / 3M)."""
+    return scheduler.config.get("solver") in ("dpmpp_2m", "dpmpp_3m") or scheduler.config.get("solver_order", 1) > 1
 
 
 def assert_error_names_choices(error: pytest.ExceptionInfo, argument: str, accepted: tuple[str, ...]) -> None:
@@ -366,7 +376,7 @@ class ScoreSchedulerCommonTest:
         for timestep in resumed.timesteps[begin:]:
             resumed_sample = resumed.step(model(resumed_sample, timestep), timestep, resumed_sample,
                                           generator=generator).prev_sample
-        if config.get("solver") in ("dpmpp_2m", "dpmpp_3m"):
+        if is_multistep(resumed):
             # A multistep run started mid-way has no history: its first step is first order.
             assert bool(torch.isfinite(resumed_sample).all())
         else:
@@ -502,6 +512,21 @@ class TestProbabilityFlowScheduler(ScoreSchedulerCommonTest):
 
     def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:
         return 2 * num_inference_steps - 1 if scheduler.config.solver == "heun" else num_inference_steps
+
+
+class TestSDEDPMSolverScheduler(ScoreSchedulerCommonTest):
+    scheduler_class = SDEDPMSolverScheduler
+    configs = [
+        {},
+        {"solver_order": 1, "timestep_type": "sigma", "forget_prior": False},
+        {"eta": 0.5, "time_spacing": "log_sigma", "prediction_type": "epsilon", "timestep_type": "discrete"},
+        {"sde_type": "vp", "prediction_type": "epsilon", "timestep_type": "discrete"},
+        {"sde_type": "subvp", "time_spacing": "uniform", "timestep_type": "sigma"},
+        {"sde_type": "vp", "beta_schedule": "squaredcos_cap_v2", "solver_order": 1},
+    ]
+
+    def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:
+        return num_inference_steps
 
 
 def test_every_score_scheduler_runs_the_common_tests():

@@ -16,7 +16,7 @@ from .ode import (
     heun_step,
     ode_derivative,
 )
-from .predictors import add_noise, ancestral_step, euler_maruyama_step, reverse_diffusion_step
+from .predictors import add_noise, ancestral_step, euler_maruyama_step, reverse_diffusion_step, sde_dpmpp_step
 
 __all__ = [
     "add_noise",
@@ -34,4 +34,5 @@ __all__ = [
     "ode_derivative",
     "per_sample_norm",
     "reverse_diffusion_step",
+    "sde_dpmpp_step",
 ]

@@ -33,6 +33,21 @@ def ancestral_step(
     return (mean if a == 1 else mean.div_(a)), b * next_sigma / sigma
 
 
+def sde_dpmpp_step(
+    scaled: torch.Tensor, denoised: torch.Tensor, ratio: float, next_ratio: float, eta: float = 1.0
+) -> tuple[torch.Tensor, float]:
+    """SDE-DPM-Solver++'s step in the scale-free variables x̄ = x/α, σ̄ = σ/α (Lu et al., 2022,
+    https://arxiv.org/abs/2211.01095), from σ̄ to σ̄' = σ̄·e^{−h}: mean e^{−(1+η)h}·x̄ + (1 − e^{−(1+η)h})·D, noise std
+    σ̄'·√(1 − e^{−2ηh}) in x̄. D is x̂₀ (first order) or a multistep combination of past x̂₀; η = 1 solves the
+    reverse SDE (the exact posterior q(x_s | x_t, x̂₀) when D is exact), η = 0 is the probability-flow ODE's
+    DPM-Solver++ step and η = ∞ forgets x̄: D + σ̄'·z. At σ̄' = 0 it returns D."""
+    if next_ratio == 0:
+        return denoised, 0.0
+    shrink = (next_ratio / ratio) ** (1 + eta)
+    mean = torch.add(scaled * shrink, denoised, alpha=1 - shrink)
+    return mean, next_ratio * (1 - (next_ratio / ratio) ** (2 * eta)) ** 0.5
+
+
 def add_noise(mean: torch.Tensor, noise: torch.Tensor, std: float | torch.Tensor) -> torch.Tensor:
     """mean + std·noise (std a float or broadcastable per-sample tensor)."""
     if torch.is_tensor(std):

@@ -4,6 +4,7 @@ from .registry import DEFAULT_SCHEDULERS, SCHEDULERS, SchedulerRecipe, build_sch
 from .scheduling_annealed_langevin import AnnealedLangevinScheduler
 from .scheduling_predictor_corrector import PredictorCorrectorScheduler
 from .scheduling_probability_flow import ProbabilityFlowScheduler
+from .scheduling_sde_dpm_solver import SDEDPMSolverScheduler
 from .scheduling_utils import ScheduleGrid, ScoreSchedulerMixin, ScoreSchedulerOutput
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "AnnealedLangevinScheduler",
     "PredictorCorrectorScheduler",
     "ProbabilityFlowScheduler",
+    "SDEDPMSolverScheduler",
     "ScheduleGrid",
     "SchedulerRecipe",
     "ScoreSchedulerMixin",

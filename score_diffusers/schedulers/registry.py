@@ -16,6 +16,7 @@ from ..conventions import ModelConvention
 from .scheduling_annealed_langevin import AnnealedLangevinScheduler
 from .scheduling_predictor_corrector import PredictorCorrectorScheduler
 from .scheduling_probability_flow import ProbabilityFlowScheduler
+from .scheduling_sde_dpm_solver import SDEDPMSolverScheduler
 from .scheduling_utils import ScoreSchedulerMixin
 
 
@@ -87,6 +88,11 @@ SCHEDULERS: dict[str, SchedulerRecipe] = {
         ProbabilityFlowScheduler,
         {"solver": "dpmpp_3m"},
         "probability-flow ODE, DPM-Solver++(3M) multistep: third order, 1 evaluation a step (2M at very few steps)",
+    ),
+    "sde-dpmpp-2m": SchedulerRecipe(
+        SDEDPMSolverScheduler,
+        {"solver_order": 2},
+        "reverse SDE, SDE-DPM-Solver++(2M): stochastic, 1 evaluation a step",
     ),
     "annealed-langevin": SchedulerRecipe(
         AnnealedLangevinScheduler,
