@@ -91,9 +91,11 @@ def ddpm_config_scheduler(klass, **overrides):
     return klass(num_train_timesteps=1000, beta_schedule="linear", **overrides)
 
 
-def sample_score_sde_ve(mixture: GaussianMixture, num_steps: int, shape, generator) -> tuple[torch.Tensor, int]:
+def sample_score_sde_ve(
+    mixture: GaussianMixture, num_steps: int, shape, generator, sigma_max: float = SIGMA_MAX
+) -> tuple[torch.Tensor, int]:
     """Diffusers' ScoreSdeVeScheduler PC loop as `ScoreSdeVePipeline` runs it (two model calls per step)."""
-    scheduler = ScoreSdeVeScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, snr=0.16)
+    scheduler = ScoreSdeVeScheduler(sigma_min=SIGMA_MIN, sigma_max=sigma_max, snr=0.16)
     model = ExactScoreModel(mixture, ModelConvention.from_config(scheduler.config))
     scheduler.set_timesteps(num_steps)
     scheduler.set_sigmas(num_steps)

@@ -65,7 +65,3 @@ def check_number(
         alternative = f", or None {none_means}".rstrip() if allow_none else ""
         raise ValueError(f"`{argument}` must be {interval}{alternative}; got {value!r}.")
 
-
-def check_finite(argument: str, value: Any) -> None:
-    """Raise a `ValueError` naming `argument` unless `value` is a finite real number."""
-    check_number(argument, value, low=-math.inf, high=math.inf, low_open=True, high_open=True)

@@ -321,10 +321,10 @@ def run_convert(args: argparse.Namespace) -> int:
         raise CLIError(f"{output} already exists and is not empty; pass --overwrite to replace it")
     pipe = load_pipeline(args.ddpm_folder, args.scheduler, device="cpu")
     save_atomically(pipe, output)
-    config = pipe.scheduler.config
+    convention = pipe.scheduler.convention
     print(
-        f"Saved a ScoreGuidedPipeline with {type(pipe.scheduler).__name__} (sde_type={config.get('sde_type', 've')}, "
-        f"prediction_type={config.prediction_type}, timestep_type={config.timestep_type}) to {output}"
+        f"Saved a ScoreGuidedPipeline with {type(pipe.scheduler).__name__} (sde_type={convention.sde_type}, "
+        f"prediction_type={convention.prediction_type}, timestep_type={convention.timestep_type}) to {output}"
     )
     return EXIT_OK
 

@@ -60,6 +60,20 @@ CONVENTION_DEFAULTS: dict[str, Any] = {
     "timestep_type": "continuous",
 }
 
+# Where annealed Langevin's defaults differ (its configs hold `steps_per_level`): NCSNv2's L = 232 levels fed σ,
+# sampled down to σ_min itself at t = 0.
+ANNEALED_LANGEVIN_DEFAULTS: dict[str, Any] = {"num_train_timesteps": 232, "timestep_type": "sigma", "sampling_eps": 0.0}
+
+# Diffusers' `ScoreSdeVeScheduler` defaults (a test holds them equal to its signature).
+SCORE_SDE_VE_DEFAULTS: dict[str, Any] = {
+    "num_train_timesteps": 2000,
+    "snr": 0.15,
+    "sigma_min": 0.01,
+    "sigma_max": 1348.0,
+    "sampling_eps": 1e-5,
+    "correct_steps": 1,
+}
+
 # Diffusers' `DDPMScheduler` defaults for the keys that fix its ᾱ table (a test holds them equal to its signature).
 DDPM_TABLE_DEFAULTS: dict[str, Any] = {
     "num_train_timesteps": 1000,
@@ -137,7 +151,9 @@ def sde_from_config(config: Mapping[str, Any]) -> SDE:
 # ---- configs of Diffusers' own schedulers ------------------------------------------------------------------------
 
 # The init keys of Diffusers' `ScoreSdeVeScheduler`, which identify its configs when they carry no `_class_name`.
-_SCORE_SDE_VE_KEYS = frozenset({"num_train_timesteps", "snr", "sigma_min", "sigma_max", "sampling_eps", "correct_steps"})
+_SCORE_SDE_VE_KEYS = frozenset(SCORE_SDE_VE_DEFAULTS)
+# Keys that mark a config of this package's score schedulers.
+_SCORE_SCHEDULER_MARKERS = frozenset({"sde_type", "steps_per_level", "timestep_type"})
 
 
 def config_source(config: Mapping[str, Any]) -> Literal["score", "ddpm", "score_sde_ve"]:
@@ -189,12 +205,13 @@ def convention_config_from_ddpm(config: Mapping[str, Any]) -> dict[str, Any]:
 def convention_config_from_score_sde_ve(config: Mapping[str, Any]) -> dict[str, Any]:
     """Score-scheduler convention keys for a `ScoreSdeVeScheduler` config: VE with its σ range and ε, a score model
     fed σ."""
+    values = {**SCORE_SDE_VE_DEFAULTS, **{k: v for k, v in config.items() if k in SCORE_SDE_VE_DEFAULTS}}
     return {
         "sde_type": "ve",
-        "num_train_timesteps": config["num_train_timesteps"],
-        "sigma_min": config["sigma_min"],
-        "sigma_max": config["sigma_max"],
-        "sampling_eps": config["sampling_eps"],
+        "num_train_timesteps": values["num_train_timesteps"],
+        "sigma_min": values["sigma_min"],
+        "sigma_max": values["sigma_max"],
+        "sampling_eps": values["sampling_eps"],
         "prediction_type": "score",
         "timestep_type": "sigma",
     }
@@ -267,11 +284,19 @@ class ModelConvention:
         """The convention of a score scheduler config, or of a Diffusers `DDPMScheduler`-family or
         `ScoreSdeVeScheduler` config (translated as the score schedulers' `from_config` does)."""
         source = config_source(config)
+        defaults = CONVENTION_DEFAULTS
         if source == "ddpm":
             config = convention_config_from_ddpm(config)
         elif source == "score_sde_ve":
             config = convention_config_from_score_sde_ve(config)
-        values = {**CONVENTION_DEFAULTS, **{k: v for k, v in config.items() if k in CONVENTION_DEFAULTS}}
+        elif "_class_name" in config and not _SCORE_SCHEDULER_MARKERS & set(config):
+            raise ValueError(
+                f"A {config['_class_name']} config describes no score model: expected a score scheduler's, a Diffusers "
+                "ᾱ-table scheduler's (DDPM, DDIM, Euler, DPM-Solver, …) or a ScoreSdeVeScheduler's."
+            )
+        elif "steps_per_level" in config:
+            defaults = {**CONVENTION_DEFAULTS, **ANNEALED_LANGEVIN_DEFAULTS}
+        values = {**defaults, **{k: v for k, v in config.items() if k in CONVENTION_DEFAULTS}}
         return cls(
             sde_from_config(values),
             timestep_type=values["timestep_type"],
@@ -348,11 +373,6 @@ class ModelConvention:
         """The model output that encodes `score` at marginal std `sigma`: the score, or ε = −σ_t·score."""
         if self.prediction_type == "score":
             return score
-        return score * -_like(sigma, score)
-
-    @staticmethod
-    def epsilon_from_score(score: torch.Tensor, sigma: TimeLike) -> torch.Tensor:
-        """ε = −σ_t·score."""
         return score * -_like(sigma, score)
 
     @staticmethod

@@ -35,7 +35,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
-from .checks import check_choice, check_positive_int
+from .checks import SamplingError, check_choice, check_positive_int
 from .conventions import ModelConvention
 
 # What names a model's conventions here: a `ModelConvention`, or a score scheduler, which carries one.
@@ -176,6 +176,8 @@ class _ProbabilityFlow:
         if not isinstance(output, torch.Tensor) or output.shape != x.shape:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(f"`model` must return a tensor of the samples' shape {tuple(x.shape)}; got {shape}.")
+        if not bool(torch.isfinite(output.sum(dtype=torch.float32))):
+            raise SamplingError(f"`model` returned NaN or infinite values at t = {t:.6g}; the solve stopped.")
         sigma = float(self.convention.sde.marginal_std(torch.tensor(t, dtype=torch.float64)))
         return self.convention.score_from_output(output.to(x.dtype), sigma)
 
@@ -295,7 +297,7 @@ def _integrate(
             scipy_rhs, t_span, initial, method=settings.method, rtol=settings.rtol, atol=settings.atol
         )
         if not solution.success:
-            raise RuntimeError(f"solve_ivp({settings.method!r}) failed: {solution.message}")
+            raise SamplingError(f"solve_ivp({settings.method!r}) did not converge: {solution.message}")
         return torch.from_numpy(solution.y[:, -1]).to(device=y0.device, dtype=y0.dtype).reshape(y0.shape)
 
     from torchdiffeq import odeint
@@ -307,10 +309,13 @@ def _integrate(
         # `step_t` makes the last step land on t_end: past it the SDE's coefficients may be undefined (VP at t < 0).
         # (A tensor, which torchdiffeq negates for a decreasing time span.)
         options = {"norm": _per_sample_max_rms, "step_t": times[1:]}
-    return odeint(
-        lambda t, y: rhs(float(t), y), y0, times, rtol=settings.rtol, atol=settings.atol,
-        method=settings.method, options=options,
-    )[-1]
+    try:
+        return odeint(
+            lambda t, y: rhs(float(t), y), y0, times, rtol=settings.rtol, atol=settings.atol,
+            method=settings.method, options=options,
+        )[-1]
+    except AssertionError as error:  # torchdiffeq's "underflow in dt": the step size collapsed
+        raise SamplingError(f"the {settings.method} solve did not converge: {error}") from error
 
 
 def _solve_in_chunks(

@@ -210,11 +210,6 @@ class _VariancePreservingFamily(SDE):
         self.beta_max = float(beta_max)
 
     @property
-    def num_table_steps(self) -> int | None:
-        """N of the discrete ᾱ table, or None for the continuous linear schedule."""
-        return None if self._log_alphas_cumprod is None else self._log_alphas_cumprod.numel()
-
-    @property
     def prior_std(self) -> float:
         return 1.0
 

@@ -22,8 +22,10 @@ from helpers import make_generator
 from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
 from score_diffusers.checks import check_number
 from score_diffusers.conventions import (
+    ANNEALED_LANGEVIN_DEFAULTS,
     CONVENTION_DEFAULTS,
     DDPM_TABLE_DEFAULTS,
+    SCORE_SDE_VE_DEFAULTS,
     ModelConvention,
     config_source,
     ddpm_alphas_cumprod,
@@ -89,6 +91,9 @@ def test_ddpm_tables_equal_diffusers(beta_schedule):
 
 def test_defaults_agree_with_the_classes_that_own_them():
     assert signature_defaults(DDPMScheduler.__init__, DDPM_TABLE_DEFAULTS) == DDPM_TABLE_DEFAULTS
+    assert signature_defaults(ScoreSdeVeScheduler.__init__, SCORE_SDE_VE_DEFAULTS) == SCORE_SDE_VE_DEFAULTS
+    own = {k: v for k, v in ANNEALED_LANGEVIN_DEFAULTS.items() if k != "sampling_eps"}
+    assert signature_defaults(AnnealedLangevinScheduler.__init__, own) == own
     for scheduler_class in (PredictorCorrectorScheduler, ProbabilityFlowScheduler):
         assert signature_defaults(scheduler_class.__init__, CONVENTION_DEFAULTS) == CONVENTION_DEFAULTS
 
@@ -125,12 +130,12 @@ def test_convention_from_each_kind_of_config():
     ve = ModelConvention.from_config(ScoreSdeVeScheduler(sigma_max=30.0).config)
     assert (ve.sde_type, ve.timestep_type, ve.sde.sigma_max) == ("ve", "sigma", 30.0)
     als = AnnealedLangevinScheduler(sigma_max=7.0, num_train_timesteps=11, timestep_type="discrete")
-    from_als = ModelConvention.from_config(als.config)
-    assert (from_als.sde_type, from_als.timestep_type, from_als.num_train_timesteps, from_als.sde.sigma_max) == (
-        "ve", "discrete", 11, 7.0
-    )
-    # Annealed Langevin's levels end on σ_min itself, t = 0.
+    assert repr(ModelConvention.from_config(als.config)) == repr(als.convention)
+    # Annealed Langevin's levels end on σ_min itself, t = 0; a partial config takes its own defaults.
     assert als.sampling_eps == 0.0 and als.convention.sde_type == "ve"
+    partial = ModelConvention.from_config({"steps_per_level": 5})
+    assert (partial.timestep_type, partial.num_train_timesteps, partial.sampling_eps) == ("sigma", 232, 0.0)
+    assert ModelConvention.from_config({"_class_name": "ScoreSdeVeScheduler", "sigma_max": 9.0}).sde.sigma_max == 9.0
     pc = PredictorCorrectorScheduler(sde_type="subvp", beta_schedule="squaredcos_cap_v2", timestep_type="sigma")
     assert repr(ModelConvention.from_config(pc.config)) == repr(pc.convention)
 
@@ -166,7 +171,6 @@ def test_output_score_epsilon_and_denoised():
     eps_model = ModelConvention(VPSDE(), prediction_type="epsilon")
     epsilon = eps_model.output_from_score(score, sigma)
     torch.testing.assert_close(epsilon, -sigma[:, None, None] * score)
-    torch.testing.assert_close(eps_model.epsilon_from_score(score, sigma), epsilon)
     torch.testing.assert_close(eps_model.score_from_output(epsilon, sigma), score)
     assert ModelConvention(VPSDE()).output_from_score(score, sigma) is score
     denoised = ModelConvention.denoised(x, score, alpha, sigma)
@@ -192,6 +196,15 @@ def test_add_noise_refuses_timesteps_beyond_the_training_range():
     scheduler.add_noise(x0, x0, torch.tensor([0.0, 99.0]))
     with pytest.raises(ValueError, match=r"timesteps.*\[0, 99\]"):
         scheduler.add_noise(x0, x0, torch.tensor([0.0, 150.0]))
+
+
+def test_a_config_of_no_score_model_is_refused():
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    with pytest.raises(ValueError, match="FlowMatchEulerDiscreteScheduler config describes no score model"):
+        ModelConvention.from_config(
+            {**FlowMatchEulerDiscreteScheduler().config, "_class_name": "FlowMatchEulerDiscreteScheduler"}
+        )
 
 
 def test_bad_convention_arguments():

@@ -282,3 +282,18 @@ def test_bad_samples_and_schedulers_raise():
         encode(model, scheduler, samples, rtol=-1.0, show_progress=False)
     with pytest.raises(ValueError, match=r"`latents` must be batch-first"):
         decode(model, scheduler, torch.zeros(3), show_progress=False)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "RK45", "euler"])
+def test_a_model_that_turns_nan_mid_solve_is_a_sampling_error(method):
+    from score_diffusers.checks import SamplingError
+
+    _, scheduler, model, samples = _setup("vp")
+
+    def failing(x, timestep):
+        output = model(x, timestep)
+        return output * math.nan if float(timestep.flatten()[0]) > 0.5 else output
+
+    kwargs = {"num_steps": 4} if method == "euler" else {}
+    with pytest.raises(SamplingError, match="NaN"):
+        log_likelihood(failing, scheduler, samples, show_progress=False, method=method, **kwargs)

@@ -539,3 +539,13 @@ def test_guidance_converts_once_per_evaluation_and_never_inverts_time(ddpm_folde
         calls.update(inverse=0, conversion=0)
         pipe(batch_size=2, num_inference_steps=steps, class_labels=[0, 1], guidance_scale=2.0, output_type="pt")
         assert calls == {"inverse": 0, "conversion": 2 * steps}, (steps, calls)
+
+
+def test_a_denoised_input_classifier_can_be_passed_wrapped(ddpm_folder):
+    from score_diffusers import DenoisedInputClassifier
+
+    kwargs = dict(batch_size=2, num_inference_steps=3, class_labels=[2, 0], guidance_scale=3.0, output_type="pt")
+    wrapped = load(ddpm_folder, classifier=DenoisedInputClassifier(tiny_vit()))
+    raw = load(ddpm_folder, classifier=tiny_vit())
+    torch.testing.assert_close(wrapped(**kwargs, generator=torch.Generator().manual_seed(0)).images,
+                               raw(**kwargs, generator=torch.Generator().manual_seed(0)).images, rtol=0, atol=0)

@@ -1,4 +1,4 @@
-"""The SDE core against its closed forms (DESIGN.md §1), a simulated forward process, torch.distributions and
+"""The SDE core against its closed forms (the design reference's §1), a simulated forward process, torch.distributions and
 Diffusers' own DDPM tables."""
 
 from __future__ import annotations
@@ -122,7 +122,7 @@ def test_marginals_match_simulated_forward_sde(sde_class: type[SDE]):
     for step, x_t in checkpoints.items():
         t = torch.tensor(step * dt, dtype=torch.float64)
         alpha, sigma = sde.mean_coeff(t), sde.marginal_std(t)
-        # The simulation starts at t = 0 with σ(0) = σ_min for VE; the closed form keeps σ(t)² (DESIGN.md §5).
+        # The simulation starts at t = 0 with σ(0) = σ_min for VE; the closed form keeps σ(t)² (as score_sde does).
         noise_variance = sigma**2 - sde.marginal_std(torch.zeros_like(t)) ** 2
         expected_mean = float(alpha) * data_mean
         expected_variance = float(alpha**2 * data_std**2 + noise_variance)

@@ -11,8 +11,8 @@ the objective unchanged and lowers its variance.
 
 `--prediction_type score`: a Fourier-embedded `UNet2DModel` fed σ_t/α_t that returns the score (NCSN++ style).
 `--prediction_type epsilon`: a DDPM-style `UNet2DModel` fed the DDPM timestep index t·(N − 1) that predicts ε;
-for `--sde vp` the unet is a drop-in DDPM checkpoint. The output is a `ScoreGuidedPipeline` with a
-predictor-corrector (`--sampler pc`) or probability-flow (`pf`) scheduler on the same SDE.
+for `--sde vp` the unet is a drop-in DDPM checkpoint. The output is a `ScoreGuidedPipeline` with the scheduler
+`--sampler` names in the package's registry (by default `pc` for VE, `pf` for VP and sub-VP) on the same SDE.
 
     accelerate launch training/train_score_sde.py --sde vp --prediction_type epsilon --output_dir vp-digits
 """
@@ -29,7 +29,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from score_diffusers import ModelConvention, PredictorCorrectorScheduler, ProbabilityFlowScheduler, ScoreGuidedPipeline
+from score_diffusers import ModelConvention, ScoreGuidedPipeline
+from score_diffusers.conventions import SDE_TYPES
+from score_diffusers.schedulers import DEFAULT_SCHEDULERS, SCHEDULERS
+from score_diffusers.schedulers import build_scheduler as build_scheduler_named
 from score_diffusers.sde import SDE
 from training import arguments
 from training.data import ImageBatchDataset, max_pairwise_distance, prepare_training_data
@@ -38,11 +41,7 @@ from training.loop import LossFunction, TrainingResult, make_accelerator, train,
 from training.samples import SAMPLE_GRID_NAME, pipeline_grid_fn, save_sample_grid
 from training.unet import add_unet_arguments, build_unet
 
-SDE_TYPES = ("ve", "vp", "subvp")
 WEIGHTINGS = ("score", "likelihood")
-# Default sampler per SDE: the VE probability-flow ODE samples noticeably worse than the VE SDE, VP's much better.
-DEFAULT_SAMPLERS = {"ve": "pc", "vp": "pf", "subvp": "pf"}
-DEFAULT_INFERENCE_STEPS = {"pc": 100, "pf": 30}
 # Points of the tabulated importance density g²/σ² on a log-spaced grid of t.
 _IMPORTANCE_GRID_POINTS = 4097
 
@@ -85,11 +84,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--sampler",
         type=str,
         default=None,
-        choices=("pc", "pf"),
-        help="Saved scheduler: predictor-corrector (pc) or probability flow (pf). Default: pc for VE, pf otherwise.",
+        choices=tuple(SCHEDULERS),
+        metavar="NAME",
+        help="Saved scheduler, a name of the package's registry: "
+        + ", ".join(SCHEDULERS)
+        + ". Default: "
+        + ", ".join(f"{name} for {sde.upper()}" for sde, name in DEFAULT_SCHEDULERS.items())
+        + ".",
     )
     sample.add_argument(
-        "--num_inference_steps", type=int, default=None, help="Sampler steps for the sample grids (pc: 100, pf: 30)."
+        "--num_inference_steps", type=int, default=None,
+        help="Sampler steps for the sample grids (default: the registry's for the sampler, e.g. pc 100, pf 30).",
     )
     parser.set_defaults(
         num_epochs=arguments.SCORE_MODEL_DEFAULT_EPOCHS, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50
@@ -110,24 +115,24 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         raise ValueError(f"need 0 <= --beta_min <= --beta_max; got {args.beta_min} and {args.beta_max}.")
     if args.num_inference_steps is not None and args.num_inference_steps < 1:
         raise ValueError(f"--num_inference_steps must be >= 1; got {args.num_inference_steps}.")
-    args.sampler = args.sampler or DEFAULT_SAMPLERS[args.sde]
-    args.num_inference_steps = args.num_inference_steps or DEFAULT_INFERENCE_STEPS[args.sampler]
+    args.sampler = args.sampler or DEFAULT_SCHEDULERS[args.sde]
+    args.num_inference_steps = args.num_inference_steps or SCHEDULERS[args.sampler].num_inference_steps
     return args
 
 
 def build_scheduler(args: argparse.Namespace, data: ImageBatchDataset | None):
     """The saved sampler: the same SDE, the unet's prediction type and timestep convention."""
-    scheduler_class = PredictorCorrectorScheduler if args.sampler == "pc" else ProbabilityFlowScheduler
-    return scheduler_class(
-        num_train_timesteps=args.num_train_timesteps,
-        sde_type=args.sde,
-        sigma_min=args.sigma_min,
-        sigma_max=(args.sigma_max or max_pairwise_distance(data)) if args.sde == "ve" else 50.0,
-        beta_min=args.beta_min,
-        beta_max=args.beta_max,
-        prediction_type=args.prediction_type,
-        timestep_type="sigma" if args.prediction_type == "score" else "discrete",
-    )
+    convention = {
+        "num_train_timesteps": args.num_train_timesteps,
+        "sde_type": args.sde,
+        "sigma_min": args.sigma_min,
+        "sigma_max": (args.sigma_max or max_pairwise_distance(data)) if args.sde == "ve" else 50.0,
+        "beta_min": args.beta_min,
+        "beta_max": args.beta_max,
+        "prediction_type": args.prediction_type,
+        "timestep_type": "sigma" if args.prediction_type == "score" else "discrete",
+    }
+    return build_scheduler_named(args.sampler, convention)
 
 
 # ---- time sampling and weighting ------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from diffusers.models.resnet import ResnetBlock2D
 from diffusers.utils import BaseOutput
 from torch import nn
 
-from ..schedulers.scheduling_utils import check_choice, check_positive_int
+from ..checks import check_choice, check_positive_int
 
 TimeEmbeddingType = Literal["positional", "fourier"]
 TIME_EMBEDDING_TYPES: tuple[str, ...] = ("positional", "fourier")

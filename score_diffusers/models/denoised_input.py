@@ -33,14 +33,22 @@ class DenoisedInputClassifier(torch.nn.Module):
         return getattr(classifier, "main_input_name", None) == "pixel_values"
 
     @property
+    def device(self) -> torch.device:
+        """The wrapped classifier's device (Diffusers' pipeline machinery reads it)."""
+        return next(self.classifier.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.classifier.parameters()).dtype
+
+    @property
     def config(self):
         """The wrapped classifier's config (where the number of classes is declared)."""
         return getattr(self.classifier, "config", None)
 
     def forward(self, denoised: torch.Tensor, timestep: torch.Tensor | None = None) -> torch.Tensor:
         """Logits of the classes for `denoised` of shape `(batch, channels, height, width)`; `timestep` is unused."""
-        dtype = next(self.classifier.parameters(), denoised).dtype
-        output = self.classifier(pixel_values=denoised.to(dtype))
+        output = self.classifier(pixel_values=denoised.to(self.dtype))
         return getattr(output, "logits", output)
 
 

@@ -24,6 +24,7 @@ from ..checks import check_choice, check_number, check_positive_int
 from ..conventions import config_source
 from ..models.denoised_input import as_guidance_classifier
 from ..schedulers import ScoreSchedulerMixin, build_scheduler, default_scheduler_name
+from ..schedulers.registry import scheduler_class_names
 
 logger = logging.getLogger(__name__)
 
@@ -41,9 +42,8 @@ def as_score_scheduler(scheduler: SchedulerMixin) -> ScoreSchedulerMixin:
     config = {**getattr(scheduler, "config", {}), "_class_name": type(scheduler).__name__}
     if config_source(config) == "score":
         raise ValueError(
-            "`scheduler` must be a score scheduler of score_diffusers (" + ", ".join(
-                klass.__name__ for klass in ScoreSchedulerMixin._score_scheduler_classes
-            ) + "), or a Diffusers DDPM-family or ScoreSdeVeScheduler to convert; got " + type(scheduler).__name__ + "."
+            f"`scheduler` must be a score scheduler of score_diffusers ({scheduler_class_names()}), or a Diffusers "
+            f"DDPM-family or ScoreSdeVeScheduler to convert; got {type(scheduler).__name__}."
         )
     name = default_scheduler_name(config)
     swapped = build_scheduler(name, config)

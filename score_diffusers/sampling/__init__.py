@@ -1,7 +1,7 @@
 """The update rules of the score samplers as short pure functions over tensors and coefficients (no Diffusers).
 
-Schedulers keep Diffusers' bookkeeping (grid, step index, state) and call these; pipelines and the test oracles call
-the same functions. Each returns the new sample's noise-free mean (and the std of the noise still to add) or the new
+Schedulers keep Diffusers' bookkeeping (grid, step index, state) and call these; tests check the rules on their own
+(e.g. a multistep solver's local order), and a new sampler starts here. Each returns the new sample's noise-free mean (and the std of the noise still to add) or the new
 sample, so the last step of a chain can stop at its mean. Noise is always passed in, drawn by the caller from its
 generator.
 """

@@ -28,11 +28,14 @@ class SchedulerRecipe:
         scheduler_class (`type`): the score scheduler to build.
         overrides (`dict`): config values that define the name (predictor, solver, ...).
         summary (`str`): one line for `--help`.
+        num_inference_steps (`int`, defaults to 50): the `num_inference_steps` it is run with when the caller
+            names none (training scripts' sample grids).
     """
 
     scheduler_class: type[ScoreSchedulerMixin]
     overrides: dict[str, Any] = field(default_factory=dict)
     summary: str = ""
+    num_inference_steps: int = 50
 
     def build(self, config: Mapping[str, Any]) -> ScoreSchedulerMixin:
         """`scheduler_class.from_config(config, **overrides)`."""
@@ -43,6 +46,7 @@ _PROBABILITY_FLOW_HEUN = SchedulerRecipe(
     ProbabilityFlowScheduler,
     {"solver": "heun"},
     "probability-flow ODE, Heun steps: deterministic, 2n - 1 evaluations for n steps",
+    30,
 )
 
 SCHEDULERS: dict[str, SchedulerRecipe] = {
@@ -51,6 +55,7 @@ SCHEDULERS: dict[str, SchedulerRecipe] = {
         {},
         "predictor-corrector with the config's settings, else its defaults (ancestral predictor + Langevin "
         "corrector); 1 + correct_steps evaluations a step",
+        100,
     ),
     "pc-ancestral": SchedulerRecipe(
         PredictorCorrectorScheduler,
@@ -71,6 +76,7 @@ SCHEDULERS: dict[str, SchedulerRecipe] = {
         ProbabilityFlowScheduler,
         {},
         "probability-flow ODE with the config's settings, else its defaults (Heun steps, Karras spacing)",
+        30,
     ),
     "pf-heun": _PROBABILITY_FLOW_HEUN,
     "probability-flow": _PROBABILITY_FLOW_HEUN,
@@ -109,6 +115,11 @@ DEFAULT_SCHEDULERS: dict[str, str] = {"ve": "pc", "vp": "pf", "subvp": "pf"}
 def scheduler_names() -> str:
     """The accepted names, for error texts."""
     return ", ".join(SCHEDULERS)
+
+
+def scheduler_class_names() -> str:
+    """The score scheduler classes the names build, for error texts."""
+    return ", ".join(sorted({recipe.scheduler_class.__name__ for recipe in SCHEDULERS.values()}))
 
 
 def build_scheduler(name: str, config: Mapping[str, Any]) -> ScoreSchedulerMixin:

@@ -76,20 +76,8 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
     ):
         check_positive_int("steps_per_level", steps_per_level)
         check_number("step_size", step_size, 0, math.inf, low_open=True, high_open=True)
-        self._configure(self._convention_config(), {})
-
-    def _convention_config(self) -> dict:
-        """The VE SDE of the levels; sampling ends on the last level, σ_min at t = 0."""
-        config = self.config
-        return {
-            "sde_type": "ve",
-            "sigma_min": config.sigma_min,
-            "sigma_max": config.sigma_max,
-            "num_train_timesteps": config.num_train_timesteps,
-            "prediction_type": config.prediction_type,
-            "timestep_type": config.timestep_type,
-            "sampling_eps": 0.0,
-        }
+        # The VE SDE of the levels; sampling ends on the last level, σ_min at t = 0 (`conventions` knows its defaults).
+        self._configure(dict(self.config), {})
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Set `num_inference_steps` noise levels from σ_max down to σ_min and reset the step state.

@@ -60,15 +60,13 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
     spread s), still far from 0 where the modes of the data separate. On a Gaussian, a Langevin step shrinks the
     offset by 1 − 2·snr² and widens the chain's stationary variance by about 1/(1 − snr²); every later step shrinks
     that excess again, by ≈ ((s² + σ_s²)/(s² + σ_t²))² from t to s, so a large snr costs nothing near t = 1 and a
-    lot near the data. With the exact score of the 64-dimensional mixture of `benchmarks/bench_schedulers.py`, at
-    200 evaluations, the default ramp takes mode-weight TV from 0.0069 to 0.0051 and sliced W2 from 0.066 to 0.055
-    (10 seeds), level with `ScoreSdeVeScheduler` at 2000.
+    lot near the data (the README's scheduler table measures it).
 
     `corrector_norm="batch"` averages the norms over the batch, as score_sde and Diffusers'
     `ScoreSdeVeScheduler.step_correct` do, so a sample's step depends on its batch;
     `"sample"` takes them per sample, which makes each sample independent of the others but, in low dimension,
     biases the chain: a sample far out has a large ‖s_θ‖ and so a small step, and the tails come out too heavy
-    (on a 64-dimensional mixture, per-component spread +4% instead of +1%; see `benchmarks/bench_schedulers.py`).
+    (`benchmarks/bench_schedulers.py`).
 
     Args:
         num_train_timesteps (`int`, defaults to 1000):
@@ -91,7 +89,7 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         sampling_eps (`float`, *optional*): the last time point ε (1e-5 for VE, 1e-3 for VP and sub-VP when unset).
         prediction_type (`str`, defaults to `"score"`): `"score"` (the model returns ∇log p) or `"epsilon"`.
         timestep_type (`str`, defaults to `"continuous"`): `"sigma"`, `"discrete"` or `"continuous"`; see
-            `score_diffusers.schedulers.scheduling_utils`.
+            `score_diffusers.conventions`.
     """
 
     _supported_sde_types = SDE_TYPES
@@ -128,7 +126,7 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         check_number("snr_ramp_start", snr_ramp_start, 0, 1, high_open=True)
         check_int("correct_steps", correct_steps, 0)
         self._configure(
-            self._convention_config(),
+            dict(self.config),
             {"predictor": PREDICTORS, "corrector": CORRECTORS, "corrector_norm": CORRECTOR_NORMS},
         )
 
@@ -169,7 +167,10 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         is_predictor = torch.arange(num_inference_steps * per_entry) % per_entry == per_entry - 1
         entry_times = times.repeat_interleave(per_entry)
         entry_next = torch.where(is_predictor, next_times.repeat_interleave(per_entry), entry_times)
-        lands_on_data = is_predictor & (torch.arange(len(entry_times)) >= len(entry_times) - per_entry)
+        # Ancestral and reverse-diffusion steps return the data estimate at the end; Euler–Maruyama's last step is a
+        # drift step to t = 0, which its grid names as such.
+        ends_on_data = self.config.predictor != "euler_maruyama"
+        lands_on_data = is_predictor & (torch.arange(len(entry_times)) >= len(entry_times) - per_entry) & ends_on_data
         grid = ScheduleGrid.build(self.convention, entry_times, entry_next, lands_on_data)
         self._reset_timesteps(self.timestep_for_time(entry_times), num_inference_steps, device, grid)
 

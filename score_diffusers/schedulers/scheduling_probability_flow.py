@@ -42,9 +42,9 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
     Euler there is DDIM (η = 0), Heun is Karras et al.'s second-order sampler. `"dpmpp_2m"` is the second-order
     multistep DPM-Solver++(2M) of Lu et al. (2022, https://arxiv.org/abs/2211.01095): the Euler step with x̂₀_i
     replaced by x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r_i), where r_i = h_{i−1}/h_i and h_i = log(σ̄_i/σ̄_{i+1}); its first
-    step has no history and stays Euler. `"dpmpp_3m"` is the third-order DPM-Solver++(3M) (the same paper; the
-    variable-step form of Diffusers' `DPMSolverMultistepScheduler`), which adds x̂₀_{i−2}; it starts with one Euler
-    and one 2M step. The grid 1 = t_0 > … > t_{n−1} = ε is followed by a last Euler step to σ̄ = 0, which returns x̂₀.
+    step has no history and stays Euler. `"dpmpp_3m"` is the third-order DPM-Solver++(3M) (the same paper), which
+    adds x̂₀_{i−2} (`sampling.dpmpp_3m_denoised`, whose second difference is weighted for a local error O(h⁴)); it
+    starts with one Euler and one 2M step. The grid 1 = t_0 > … > t_{n−1} = ε is followed by a last Euler step to σ̄ = 0, which returns x̂₀.
 
     Model evaluations: n for `"euler"`, `"dpmpp_2m"` and `"dpmpp_3m"`; 2n − 1 for `"heun"` (two per interval, one for the last
     step), laid out in `timesteps` as t_0, t_1, t_1, t_2, t_2, …, t_{n−1}, t_{n−1} like Diffusers'
@@ -100,7 +100,7 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         prediction_type: PredictionType = "score",
         timestep_type: TimestepType = "continuous",
     ):
-        self._configure(self._convention_config(), {"solver": SOLVERS, "time_spacing": TIME_SPACINGS})
+        self._configure(dict(self.config), {"solver": SOLVERS, "time_spacing": TIME_SPACINGS})
         for argument, value in (("s_churn", s_churn), ("s_tmin", s_tmin), ("s_noise", s_noise)):
             check_number(argument, value, 0, math.inf, high_open=True)
         check_number("s_tmax", s_tmax, s_tmin, math.inf, allow_none=True, none_means="for no upper bound")

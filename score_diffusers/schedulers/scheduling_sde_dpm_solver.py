@@ -89,7 +89,7 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
         if solver_order > 2:
             raise ValueError(f"`solver_order` must be 1 or 2; got {solver_order}.")
         check_number("eta", eta, 0, 1)
-        self._configure(self._convention_config(), {"time_spacing": TIME_SPACINGS})
+        self._configure(dict(self.config), {"time_spacing": TIME_SPACINGS})
 
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Set the grid of `num_inference_steps` time points and reset the step state.

@@ -164,9 +164,6 @@ class ScoreSchedulerMixin(SchedulerMixin):
         """Validate the subclass's `own_choices` and build the convention `convention_config` describes."""
         for argument, accepted in own_choices.items():
             check_choice(argument, getattr(self.config, argument), accepted)
-        for argument, accepted in (("prediction_type", PREDICTION_TYPES), ("timestep_type", TIMESTEP_TYPES)):
-            check_choice(argument, convention_config[argument], accepted)
-        check_positive_int("num_train_timesteps", convention_config["num_train_timesteps"])
         self.convention = ModelConvention.from_config(convention_config)
         self.sde = self.convention.sde
         self.num_inference_steps: int | None = None
@@ -174,10 +171,6 @@ class ScoreSchedulerMixin(SchedulerMixin):
         self._grid: ScheduleGrid | None = None
         self._step_index: int | None = None
         self._begin_index: int = 0
-
-    def _convention_config(self) -> dict[str, Any]:
-        """This config's convention keys (all score schedulers but annealed Langevin hold every one)."""
-        return {key: self.config[key] for key in CONVENTION_DEFAULTS}
 
     @property
     def sampling_eps(self) -> float:
@@ -218,10 +211,6 @@ class ScoreSchedulerMixin(SchedulerMixin):
         """∇ₓ log p_t from a model output at `timestep`: the output itself for `prediction_type="score"`, −ε/σ_t for
         `"epsilon"`. Inside a run, `convention.score_from_output(output, grid.sigmas[k])` avoids the time lookup."""
         return self.convention.score_from_output(model_output, self._sigma_at(timestep, model_output))
-
-    def model_output_from_score(self, score: torch.Tensor, timestep: TimeLike) -> torch.Tensor:
-        """The model output that encodes `score` at `timestep` under this scheduler's `prediction_type`."""
-        return self.convention.output_from_score(score, self._sigma_at(timestep, score))
 
     def _sigma_at(self, timestep: TimeLike, like: torch.Tensor) -> torch.Tensor:
         t = self.time_for_timestep(timestep.detach().cpu() if torch.is_tensor(timestep) else timestep)
@@ -336,7 +325,7 @@ class ScoreSchedulerMixin(SchedulerMixin):
 
     def _check_finite(self, values: torch.Tensor, index: int) -> None:
         """Stop sampling at entry `index` of `timesteps` if `values` (the model output, or norms of it) hold NaN or
-        inf, found through one sum (they propagate into it) at a tenth of `isfinite().all()`'s cost."""
+        inf, found through one sum (they propagate into it), cheaper than `isfinite().all()`."""
         if not bool(torch.isfinite(values.sum(dtype=torch.float32))):
             raise SamplingError(
                 f"`model_output` holds NaN or infinite values at step {index} "

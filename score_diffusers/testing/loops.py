@@ -1,4 +1,5 @@
-"""The one reference loop: Diffusers' plain sampling loop of DESIGN.md §3, with any callable model."""
+"""The one reference loop: Diffusers' plain sampling loop (one model evaluation per entry of `timesteps`), with any
+callable model."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ def run_loop(
     num_inference_steps: int,
     generator: torch.Generator | list[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """The plain Diffusers sampling loop of DESIGN.md §3 from a given x_T `sample`, with a callable
+    """The plain Diffusers sampling loop from a given x_T `sample`, with a callable
     `model(x, timestep) -> tensor`; returns the final sample."""
     scheduler.set_timesteps(num_inference_steps)
     for timestep in scheduler.timesteps:

@@ -128,10 +128,6 @@ class ExactScoreModel:
         self.convention: ModelConvention = getattr(convention, "convention", convention)
         self.calls = 0
 
-    def score_at_time(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """The exact score at continuous time `t`."""
-        return self.mixture.score(x, *self.convention.coefficients(t))
-
     def __call__(self, x: torch.Tensor, timestep: torch.Tensor | float) -> torch.Tensor:
         self.calls += 1
         t = self.convention.time(torch.as_tensor(timestep).detach().cpu())
