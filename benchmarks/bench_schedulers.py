@@ -23,7 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, ScoreSdeVeScheduler
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    ScoreSdeVeScheduler,
+    UniPCMultistepScheduler,
+)
 
 from score_diffusers import (
     AnnealedLangevinScheduler,
@@ -188,12 +194,19 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
          lambda steps, gen: sample_with(annealed_langevin(steps, CONSISTENT_STEP_SIZE, consistent=True), mixture, steps, shape, gen),
          [995]),
         ("VE", "Diffusers ScoreSdeVe PC", lambda steps, gen: sample_score_sde_ve(mixture, steps, shape, gen), [100, 1000]),
-        ("VP", "PF DPM-Solver++(2M) (karras)", ours_on_ddpm(ProbabilityFlowScheduler, solver="dpmpp_2m"), [25, 50]),
+        ("VP", "PF DPM-Solver++(2M) (karras)", ours_on_ddpm(ProbabilityFlowScheduler, solver="dpmpp_2m"),
+         [10, 20, 25, 50]),
+        ("VP", "PF DPM-Solver++(3M) (karras)", ours_on_ddpm(ProbabilityFlowScheduler, solver="dpmpp_3m"), [10, 20]),
+        ("VP", "PF DPM-Solver++(3M) (log σ)",
+         ours_on_ddpm(ProbabilityFlowScheduler, solver="dpmpp_3m", time_spacing="log_sigma"), [10, 20]),
+        ("VP", "SDE-DPM-Solver++(2M) (defaults)", ours_on_ddpm(SDEDPMSolverScheduler), [10, 20, 50]),
         ("VP", "PF Heun (karras)", ours_on_ddpm(ProbabilityFlowScheduler), [25]),
         ("VP", "PC (defaults: ancestral + Langevin)", ours_on_ddpm(PredictorCorrectorScheduler), [100]),
         ("VP", "Diffusers DDPM", ddpm_family(DDPMScheduler, clip_sample=False), [1000]),
         ("VP", "Diffusers DDIM", ddpm_family(DDIMScheduler, clip_sample=False), [50, 100]),
-        ("VP", "Diffusers DPM-Solver++(2M)", ddpm_family(DPMSolverMultistepScheduler), [20, 50]),
+        ("VP", "Diffusers DPM-Solver++(2M)", ddpm_family(DPMSolverMultistepScheduler), [10, 20, 50]),
+        ("VP", "Diffusers DPM-Solver++(3M)", ddpm_family(DPMSolverMultistepScheduler, solver_order=3), [10, 20]),
+        ("VP", "Diffusers UniPC", ddpm_family(UniPCMultistepScheduler), [10, 20]),
     ]
     if langevin_sweep:
         sweeps += [

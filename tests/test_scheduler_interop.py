@@ -12,7 +12,12 @@ from helpers import DATA_DIM, IMAGE_SHAPE, make_generator, prior_sample, tiny_un
 from diffusers import DDPMPipeline, DDPMScheduler, ScoreSdeVeScheduler
 from diffusers.utils.torch_utils import randn_tensor
 
-from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
+from score_diffusers import (
+    AnnealedLangevinScheduler,
+    PredictorCorrectorScheduler,
+    ProbabilityFlowScheduler,
+    SDEDPMSolverScheduler,
+)
 from score_diffusers.testing import ExactScoreModel, GaussianMixture
 
 DDPM_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -126,9 +131,10 @@ def test_ancestral_predictor_is_ddpm_step(
 @pytest.mark.parametrize(
     "scheduler_class, overrides",
     [(scheduler_class, {}) for scheduler_class in DDPM_COMPATIBLE]
-    + [(ProbabilityFlowScheduler, {"s_churn": 10.0}), (ProbabilityFlowScheduler, {"solver": "dpmpp_3m"})],
+    + [(ProbabilityFlowScheduler, {"s_churn": 10.0}), (ProbabilityFlowScheduler, {"solver": "dpmpp_3m"})]
+    + [(SDEDPMSolverScheduler, {})],
     ids=[scheduler_class.__name__ for scheduler_class in DDPM_COMPATIBLE]
-    + ["ProbabilityFlowScheduler-churn", "ProbabilityFlowScheduler-dpmpp_3m"],
+    + ["ProbabilityFlowScheduler-churn", "ProbabilityFlowScheduler-dpmpp_3m", "SDEDPMSolverScheduler"],
 )
 def test_runs_unchanged_inside_ddpm_pipeline(scheduler_class, overrides: dict[str, Any]):
     """Diffusers' own DDPMPipeline with our scheduler: one UNet call per timestep, the result of the plain loop (the

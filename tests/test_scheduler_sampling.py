@@ -19,6 +19,8 @@ from score_diffusers import (
     SDEDPMSolverScheduler,
     sampling,
 )
+from score_diffusers.checks import SamplingError
+from score_diffusers.sde import VPSDE
 from score_diffusers.testing import (
     ExactScoreModel,
     GaussianMixture,
@@ -301,3 +303,41 @@ def test_predictor_corrector_moments_match_the_closed_form_on_a_gaussian(prior_s
             PredictorCorrectorScheduler(sigma_max=10.0, prior_snr=None), mean, std, num_inference_steps
         )
         assert abs(offset) < abs(constant_offset) / 1.8
+
+
+def test_adaptive_reverse_sde_reproduces_the_mixture_and_reports_nfe_per_sample(mixture, noise_floor):
+    """VP with the exact score at the default tolerance: mode weights and spreads within the same bars as the
+    schedulers; the evaluations are counted per sample (2 per attempted step + the denoising one)."""
+    sde = VPSDE()
+
+    def score_fn(x, t):
+        return mixture.score(x, sde.mean_coeff(t), sde.marginal_std(t))
+
+    generator = make_generator(8)
+    x_T = torch.randn(NUM_SAMPLES, DATA_DIM, generator=generator, dtype=torch.float64)
+    result = sampling.adaptive_reverse_sde(score_fn, x_T, sde, 1e-3, rtol=0.05, generator=generator)
+    assert mode_weight_tv(mixture, result.sample) <= TV_MARGIN * noise_floor.mean_mode_tv
+    assert float((component_spreads(mixture, result.sample) / mixture.stds - 1).abs().max()) <= SPREAD_TOLERANCE
+    assert torch.equal(result.nfe, 2 * (result.accepted + result.rejected) + 1)
+    assert int(result.nfe.min()) < int(result.nfe.max())  # steps are chosen per sample
+
+
+def test_adaptive_reverse_sde_is_reproducible_per_sample():
+    mixture = GaussianMixture(torch.zeros(2, 4, dtype=torch.float64) + torch.tensor([[2.0], [-2.0]]), 0.5)
+    sde = VPSDE()
+
+    def score_fn(x, t):
+        return mixture.score(x, sde.mean_coeff(t), sde.marginal_std(t))
+
+    def run(seeds):
+        generators = [make_generator(seed) for seed in seeds]
+        x_T = torch.cat([torch.randn(1, 4, generator=g, dtype=torch.float64) for g in generators])
+        return sampling.adaptive_reverse_sde(score_fn, x_T, sde, 1e-3, generator=generators)
+
+    alone, together = run([5]), run([5, 6, 7])
+    # Equal up to the batch-size-dependent rounding of the mixture's matrix products.
+    torch.testing.assert_close(alone.sample[0], together.sample[0], rtol=0, atol=1e-10)
+    assert int(alone.nfe[0]) == int(together.nfe[0])
+    torch.testing.assert_close(run([5, 6, 7]).sample, together.sample, rtol=0, atol=0)
+    with pytest.raises(SamplingError, match="did not reach"):
+        sampling.adaptive_reverse_sde(score_fn, torch.randn(2, 4, dtype=torch.float64), sde, 1e-3, max_evaluations=4)

@@ -6,6 +6,7 @@ sample, so the last step of a chain can stop at its mean. Noise is always passed
 generator.
 """
 
+from .adaptive import AdaptiveSDEOutput, adaptive_reverse_sde
 from .langevin import consistent_noise_std, langevin_step, langevin_step_size, per_sample_norm
 from .ode import (
     churn_noise_std,
@@ -19,6 +20,8 @@ from .ode import (
 from .predictors import add_noise, ancestral_step, euler_maruyama_step, reverse_diffusion_step, sde_dpmpp_step
 
 __all__ = [
+    "AdaptiveSDEOutput",
+    "adaptive_reverse_sde",
     "add_noise",
     "ancestral_step",
     "churn_noise_std",
