@@ -107,7 +107,7 @@ def test_ddpm_checkpoint_samples_with_a_swapped_scheduler(ddpm_folder, make_sche
         assert torch.equal(call, timestep.expand(2))
 
 
-def test_annealed_langevin_and_ve_predictor_corrector_drive_a_sigma_conditioned_score_unet():
+def test_annealed_langevin_and_the_default_ve_sampler_drive_a_sigma_conditioned_score_unet():
     unet = tiny_unet(time_embedding_type="fourier", in_channels=2, out_channels=2, sample_size=(8, 8))
     annealed = AnnealedLangevinScheduler(num_train_timesteps=10, sigma_min=0.01, sigma_max=1.0, steps_per_level=2)
     for scheduler in (annealed, ScoreSdeVeScheduler(num_train_timesteps=10, sigma_max=1.0)):
@@ -116,7 +116,9 @@ def test_annealed_langevin_and_ve_predictor_corrector_drive_a_sigma_conditioned_
         images = pipe(batch_size=3, num_inference_steps=3, output_type="pt").images
         assert images.shape == (3, 2, 8, 8)
         assert torch.isfinite(images).all()
-    assert isinstance(pipe.scheduler, PredictorCorrectorScheduler) and pipe.scheduler.config.sde_type == "ve"
+    # A ScoreSdeVeScheduler is swapped for the registry's VE default, on its σ range and σ timesteps.
+    assert isinstance(pipe.scheduler, SDEDPMSolverScheduler) and pipe.scheduler.config.sde_type == "ve"
+    assert (pipe.scheduler.config.sigma_max, pipe.scheduler.config.timestep_type) == (1.0, "sigma")
 
 
 def test_output_types(ddpm_folder):

@@ -315,10 +315,11 @@ def test_adaptive_reverse_sde_reproduces_the_mixture_and_reports_nfe_per_sample(
 
     generator = make_generator(8)
     x_T = torch.randn(NUM_SAMPLES, DATA_DIM, generator=generator, dtype=torch.float64)
-    result = sampling.adaptive_reverse_sde(score_fn, x_T, sde, 1e-3, rtol=0.05, generator=generator)
+    result = sampling.adaptive_reverse_sde(score_fn, x_T, sde, 1e-3, generator=generator)
     assert mode_weight_tv(mixture, result.sample) <= TV_MARGIN * noise_floor.mean_mode_tv
     assert float((component_spreads(mixture, result.sample) / mixture.stds - 1).abs().max()) <= SPREAD_TOLERANCE
-    assert torch.equal(result.nfe, 2 * (result.accepted + result.rejected) + 1)
+    # Two per attempted step, one to forget the prior, one to denoise.
+    assert torch.equal(result.nfe, 2 * (result.accepted + result.rejected) + 2)
     assert int(result.nfe.min()) < int(result.nfe.max())  # steps are chosen per sample
 
 

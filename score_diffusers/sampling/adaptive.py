@@ -57,23 +57,32 @@ def adaptive_reverse_sde(
     sample: torch.Tensor,
     sde: SDE,
     eps: float,
-    rtol: float = 0.02,
+    rtol: float = 0.2,
     atol: float | None = None,
     generator: torch.Generator | list[torch.Generator] | None = None,
     initial_step: float = 0.01,
     safety: float = 0.9,
     exponent: float = 0.9,
+    forget_prior: bool = True,
     denoise: bool = True,
     max_evaluations: int = 10_000,
 ) -> AdaptiveSDEOutput:
     """Integrate the reverse SDE dx = [f(x, t) − g(t)²·s(x, t)]dt + g(t)dw̄ from t = T to `eps`, per sample.
 
-    Each attempted step of size h from t: with one draw z, the Euler–Maruyama proposal
-    x' = x − h·F(x, t) + g(t)√h·z and the improved-Euler one x'' = ½(x' + x − h·F(x', t − h) + g(t − h)√h·z),
-    F = f − g²s (two model evaluations). The local error E = ‖(x' − x'')/δ‖₂/√D with
-    δ = max(atol, rtol·max(|x'|, |x'_prev|)) elementwise (x'_prev: the last accepted proposal) decides: E ≤ 1 accepts
-    x'' and moves to t − h; either way the next step is h ← min(t − ε, safety·h·E^(−exponent)). At ε, `denoise`
-    spends one more evaluation on Tweedie's x̂₀ = (x + σ_ε²·s)/α_ε.
+    Each attempted step of size h from t draws one Brownian increment W(h) and forms the Euler–Maruyama proposal
+    x' = x − h·F(x, t) + g(t)·W(h) and the improved-Euler one x'' = ½(x' + x − h·F(x', t − h) + g(t − h)·W(h)),
+    F = f − g²s (two model evaluations). The local error E = ‖x' − x''‖₂/(√D·rtol·σ_t) decides, per sample: E ≤ 1
+    accepts x'' and moves to t − h; either way the next step is h ← min(t − ε, safety·h·E^(−exponent)). A rejected
+    increment is kept and a shorter retry takes its share from a Brownian bridge (the idea of Rackauckas & Nie's
+    RSwM), so rejections do not select the noise: redrawing it biased the mode weights. With `forget_prior` one
+    evaluation first replaces x_T by α_T·x̂₀(x_T) + σ_T·z, which starts the chain from p_T's mean (see
+    `SDEDPMSolverScheduler`). At ε, `denoise` spends one more evaluation on Tweedie's x̂₀ = (x + σ_ε²·s)/α_ε.
+
+    Jolicoeur-Martineau et al. measure the error against δ = max(ε_abs, ε_rel·max(|x'|, |x'_prev|)), in the data's
+    units (their ε_abs = 0.0078 is 1/128 of the [0, 1] pixel range). Here it is measured against the noise the sample
+    still carries, σ_t: that needs no data scale, and one `rtol` means the same for VE and VP (with the data-unit
+    rule a VE model's samples end too narrow unless ε_abs is set at the data's finest scale, at several times the
+    evaluations; `benchmarks/bench_adaptive.py` prints both).
 
     Args:
         score_fn (`Callable`): `score_fn(x, t)` → ∇ₓ log p_t(x) for `x` of shape `(b, *dims)` and `t` of shape `(b,)`
@@ -81,12 +90,13 @@ def adaptive_reverse_sde(
         sample (`torch.Tensor` of shape `(batch, *dims)`): x_T, drawn from the SDE's prior.
         sde (`SDE`): the forward SDE the model was trained on.
         eps (`float`): the last time ε (a scheduler's `sampling_eps`).
-        rtol (`float`, defaults to 0.02): relative tolerance.
-        atol (`float`, *optional*): absolute tolerance; by default `rtol` times the prior's std, the scale of the
-            samples at t = T (the paper's 0.0078 is 1/128 of the [0, 1] pixel range; this follows the data's units).
+        rtol (`float`, defaults to 0.2): the local error allowed, as a fraction of σ_t.
+        atol (`float`, *optional*): given, the error is measured as Jolicoeur-Martineau et al. do, against
+            max(atol, rtol·max(|x'|, |x'_prev|)) in the data's units.
         generator (`torch.Generator` or list of them, *optional*): source of the noise; a list gives each sample its own.
         initial_step (`float`, defaults to 0.01), safety (`float`, defaults to 0.9), exponent (`float`, defaults to
             0.9): the first step size and the step-size controller's θ and r.
+        forget_prior (`bool`, defaults to `True`): re-centre x_T on x̂₀(x_T) first (one evaluation).
         denoise (`bool`, defaults to `True`): end with the Tweedie step at ε.
         max_evaluations (`int`, defaults to 10,000): per sample; a sample that needs more raises `SamplingError`.
 
@@ -94,9 +104,8 @@ def adaptive_reverse_sde(
         `AdaptiveSDEOutput` with the samples and each sample's evaluations and accepted and rejected steps.
     """
     check_number("rtol", rtol, 0, low_open=True, high_open=True)
-    check_number("atol", atol, 0, low_open=True, high_open=True, allow_none=True, none_means="for rtol·prior_std")
+    check_number("atol", atol, 0, low_open=True, high_open=True, allow_none=True, none_means="for rtol·σ_t")
     check_number("eps", eps, 0, sde.T, high_open=True)
-    atol = rtol * sde.prior_std if atol is None else atol
     batch, dims = sample.shape[0], tuple(sample.shape[1:])
     x = sample.clone()
     t = torch.full((batch,), float(sde.T), dtype=torch.float64)
@@ -110,6 +119,12 @@ def adaptive_reverse_sde(
         score = score_fn(values, times)
         return sde.reverse_drift(values, times.to(values.device), score).to(values.dtype)
 
+    if forget_prior:
+        t_start = torch.full((batch,), float(sde.T), dtype=torch.float64)
+        alpha_T, sigma_T = float(sde.mean_coeff(sde.T)), float(sde.marginal_std(sde.T))
+        denoised = ModelConvention.denoised(x, score_fn(x, t_start), alpha_T, sigma_T)
+        x = alpha_T * denoised + sigma_T * _standard_normal(dims, torch.arange(batch), generator, x)
+        nfe += 1
     # The Brownian path is kept across rejections (the idea of Rackauckas & Nie's RSwM): a rejected increment stays
     # pending, and a shorter retry takes its share from a Brownian bridge, so rejections do not select the noise.
     pending = torch.zeros_like(x)
@@ -141,8 +156,10 @@ def adaptive_reverse_sde(
         proposal = xa - step * drift(xa, ta) + g_now * increment
         corrected = 0.5 * (proposal + xa - step * drift(proposal, ta - ha) + g_next * increment)
         nfe[active] += 2
-        scale = torch.maximum(proposal.abs(), previous_proposal[rows].abs()) * rtol
-        delta = torch.clamp(scale, min=atol)
+        if atol is None:
+            delta = per_sample(sde.marginal_std(ta)) * rtol
+        else:  # Jolicoeur-Martineau et al.'s rule, in the data's units
+            delta = torch.clamp(torch.maximum(proposal.abs(), previous_proposal[rows].abs()) * rtol, min=atol)
         error = ((proposal - corrected) / delta).reshape(len(active), -1).pow(2).mean(1).sqrt()
         error = error.to("cpu", torch.float64)
         if not bool(torch.isfinite(error).all()):
