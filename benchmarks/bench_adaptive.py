@@ -13,8 +13,6 @@ Run from the repository root: `python benchmarks/bench_adaptive.py` (~10 min on 
 
 from __future__ import annotations
 
-import argparse
-
 import torch
 from diffusers import DDPMScheduler
 
@@ -24,24 +22,17 @@ from score_diffusers.testing import ExactScoreModel, quality_report, run_sampler
 
 try:
     from bench_schedulers import LOG_PROB_REFERENCE_SIZE, METRICS, SIGMA_MIN
-    from bench_stochastic import mixtures
-    from machine import machine_description
+    from bench_stochastic import benchmark_arguments, mixtures
 except ImportError:
     from benchmarks.bench_schedulers import LOG_PROB_REFERENCE_SIZE, METRICS, SIGMA_MIN
-    from benchmarks.bench_stochastic import mixtures
-    from benchmarks.machine import machine_description
+    from benchmarks.bench_stochastic import benchmark_arguments, mixtures
 
 TOLERANCES = (0.1, 0.2, 0.4)
 PAPER_RULE = {"rtol": 0.05, "atol": 0.0078}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--num_samples", type=int, default=50_000)
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    print(machine_description())
+    args = benchmark_arguments(__doc__)
     cases = {f"VE {name}": (mixture, {"sigma_min": SIGMA_MIN, "sigma_max": sigma_max})
              for name, (mixture, sigma_max) in mixtures().items()}
     centred = next(iter(mixtures().values()))[0]

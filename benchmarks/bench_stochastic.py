@@ -47,13 +47,19 @@ def mixtures() -> dict[str, tuple[GaussianMixture, float]]:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def benchmark_arguments(doc: str) -> argparse.Namespace:
+    """`--seeds` and `--num_samples` of the mixture benchmarks; one intra-op thread; prints the machine line."""
+    parser = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--num_samples", type=int, default=50_000)
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(machine_description())
+    return args
+
+
+def main() -> None:
+    args = benchmark_arguments(__doc__)
     shape = (args.num_samples, DIM)
     rows = []
     for family, (mixture, sigma_max) in mixtures().items():
