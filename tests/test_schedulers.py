@@ -360,6 +360,18 @@ class ScoreSchedulerCommonTest:
             assert float(grid.next_sigmas[-1]) == float(scheduler.sde.marginal_std(grid.next_times[-1]))
             assert float(grid.next_alphas[-1]) == float(scheduler.sde.mean_coeff(grid.next_times[-1]))
 
+    def test_order_slices_timesteps_at_its_time_points(self, config):
+        """Diffusers' image-to-image slicing `timesteps[t_start * order:]` starts on a new time point for every
+        t_start < num_inference_steps, and a run may begin there."""
+        scheduler = self.make(config)
+        scheduler.set_timesteps(5)
+        starts = scheduler.grid.times[:: scheduler.order][:5]
+        # Heun lays out 2n − 1 entries, as Diffusers' does: the last point is one entry.
+        assert len(starts) == 5 and len(scheduler.timesteps) >= 4 * scheduler.order + 1
+        if not config.get("s_churn"):
+            assert bool((starts.diff() < 0).all()), starts
+        scheduler.set_begin_index(3 * scheduler.order)
+
     def test_begin_index_resumes_a_run(self, config, mixture):
         scheduler = self.make(config)
         scheduler.set_timesteps(NUM_INFERENCE_STEPS)

@@ -79,6 +79,12 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
         # The VE SDE of the levels; sampling ends on the last level, σ_min at t = 0 (`conventions` knows its defaults).
         self._configure(dict(self.config), {})
 
+    @property
+    def order(self) -> int:
+        """Entries of `timesteps` per noise level, so that Diffusers' image-to-image slicing
+        `timesteps[t_start * order:]` starts on a level."""
+        return self.config.steps_per_level
+
     def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
         """Set `num_inference_steps` noise levels from σ_max down to σ_min and reset the step state.
 

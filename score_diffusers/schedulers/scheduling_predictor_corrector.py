@@ -131,6 +131,12 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         )
 
     @property
+    def order(self) -> int:
+        """Entries of `timesteps` per time point (its corrector steps and its predictor step), so that Diffusers'
+        image-to-image slicing `timesteps[t_start * order:]` starts on a time point."""
+        return self.evaluations_per_time
+
+    @property
     def evaluations_per_time(self) -> int:
         """Model evaluations per time point: the corrector steps plus one predictor step."""
         corrector_steps = self.config.correct_steps if self.config.corrector == "langevin" else 0
