@@ -45,7 +45,7 @@ def main() -> None:
         sde = convention.sde
         large_reference, _ = mixture.sample(LOG_PROB_REFERENCE_SIZE, generator=torch.Generator().manual_seed(5))
 
-        def score_fn(x, t, sde=sde, mixture=mixture):
+        def score_fn(x, t, rows, sde=sde, mixture=mixture):
             return mixture.score(x, sde.mean_coeff(t), sde.marginal_std(t))
 
         rows = [(f"adaptive, rtol {rtol:g}" + (" (default)" if rtol == 0.2 else ""), {"rtol": rtol})

@@ -553,3 +553,16 @@ def test_a_denoised_input_classifier_can_be_passed_wrapped(ddpm_folder):
     raw = load(ddpm_folder, classifier=tiny_vit())
     torch.testing.assert_close(wrapped(**kwargs, generator=torch.Generator().manual_seed(0)).images,
                                raw(**kwargs, generator=torch.Generator().manual_seed(0)).images, rtol=0, atol=0)
+
+
+def test_sample_adaptive_runs_guided_and_reports_evaluations_per_image(ddpm_folder):
+    pipe = load(ddpm_folder, classifier=tiny_classifier())
+    kwargs = dict(batch_size=3, rtol=0.5, output_type="pt")
+    plain = pipe.sample_adaptive(**kwargs, generator=[torch.Generator().manual_seed(seed) for seed in (0, 1, 2)])
+    assert plain.images.shape == (3, 1, IMAGE_SIZE, IMAGE_SIZE) and bool(torch.isfinite(plain.images).all())
+    assert plain.nfe.shape == (3,) and int(plain.nfe.min()) >= 4
+    again = pipe.sample_adaptive(**kwargs, generator=[torch.Generator().manual_seed(seed) for seed in (0, 1, 2)])
+    torch.testing.assert_close(again.images, plain.images, rtol=0, atol=0)
+    guided = pipe.sample_adaptive(**kwargs, generator=[torch.Generator().manual_seed(seed) for seed in (0, 1, 2)], class_labels=[0, 1, 2],
+                                  guidance_scale=5.0)
+    assert not torch.equal(guided.images, plain.images)

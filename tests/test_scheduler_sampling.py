@@ -310,7 +310,7 @@ def test_adaptive_reverse_sde_reproduces_the_mixture_and_reports_nfe_per_sample(
     schedulers; the evaluations are counted per sample (2 per attempted step + the denoising one)."""
     sde = VPSDE()
 
-    def score_fn(x, t):
+    def score_fn(x, t, rows):
         return mixture.score(x, sde.mean_coeff(t), sde.marginal_std(t))
 
     generator = make_generator(8)
@@ -327,7 +327,7 @@ def test_adaptive_reverse_sde_is_reproducible_per_sample():
     mixture = GaussianMixture(torch.zeros(2, 4, dtype=torch.float64) + torch.tensor([[2.0], [-2.0]]), 0.5)
     sde = VPSDE()
 
-    def score_fn(x, t):
+    def score_fn(x, t, rows):
         return mixture.score(x, sde.mean_coeff(t), sde.marginal_std(t))
 
     def run(seeds):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, Literal
 
@@ -18,11 +19,14 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils import BaseOutput
+from tqdm.auto import tqdm
 from diffusers.utils.torch_utils import randn_tensor
 
 from ..checks import check_choice, check_number, check_positive_int
 from ..conventions import config_source
 from ..models.denoised_input import as_guidance_classifier
+from ..sampling.adaptive import adaptive_reverse_sde
 from ..schedulers import ScoreSchedulerMixin, build_scheduler, default_scheduler_name
 from ..schedulers.registry import scheduler_class_names
 
@@ -54,6 +58,19 @@ def as_score_scheduler(scheduler: SchedulerMixin) -> ScoreSchedulerMixin:
         "`scheduler=` to choose another score scheduler."
     )
     return swapped
+
+
+@dataclass
+class AdaptiveImagePipelineOutput(BaseOutput):
+    """Output of `ScoreGuidedPipeline.sample_adaptive`.
+
+    Args:
+        images (`list[PIL.Image.Image]`, `np.ndarray` or `torch.Tensor`): as `ImagePipelineOutput.images`.
+        nfe (`torch.Tensor` of shape `(batch,)`): model evaluations spent on each image.
+    """
+
+    images: Any
+    nfe: torch.Tensor
 
 
 def _field(output: Any, name: str) -> torch.Tensor:
@@ -196,7 +213,8 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         timestep: torch.Tensor,
         labels: torch.Tensor,
         model_output: torch.Tensor,
-        step_index: int,
+        alpha: float | torch.Tensor,
+        sigma: float | torch.Tensor,
     ) -> torch.Tensor:
         """∇ₓ log q_φ(y | x_t, t) per sample, shape of `sample`; a denoised-input classifier reads
         x̂₀ = (x + σ_t²·s)/α_t with the score s of `model_output` held constant (∇ₓ x̂₀ = 1/α_t)."""
@@ -204,8 +222,7 @@ class ScoreGuidedPipeline(DiffusionPipeline):
             x = sample.detach().requires_grad_(True)
             inputs = x
             if getattr(classifier, "takes_denoised_input", False):
-                grid, convention = self.scheduler.grid, self.scheduler.convention
-                alpha, sigma = float(grid.alphas[step_index]), float(grid.sigmas[step_index])
+                convention = self.scheduler.convention
                 score = convention.score_from_output(model_output.detach(), sigma)
                 inputs = convention.denoised(x, score, alpha, sigma)
             logits = _field(classifier(inputs, timestep), "logits")
@@ -220,22 +237,22 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         self,
         sample: torch.Tensor,
         timestep: torch.Tensor,
-        step_index: int,
+        alpha: float | torch.Tensor,
+        sigma: float | torch.Tensor,
         labels: torch.Tensor | None,
         guidance_scale: float,
         classifier: torch.nn.Module | None,
     ) -> torch.Tensor:
-        """The unet's output at (`sample`, `timestep`), entry `step_index` of `scheduler.timesteps`, with the guidance
-        term w·∇ₓ log q added to the score the step uses, at that entry's σ_t: for an ε model the output gains
+        """The unet's output at (`sample`, `timestep`) with the guidance term w·∇ₓ log q added to the score at the
+        caller's α_t, σ_t (a float, or one per sample): the σ the step uses, so for an ε model the output gains
         −σ_t·w·∇ₓ log q, one conversion of the gradient and no time lookup."""
-        model_timestep = timestep.expand(sample.shape[0])
+        model_timestep = timestep.expand(sample.shape[0]) if timestep.ndim == 0 else timestep
         unet_kwargs = {"class_labels": labels} if self.unet.config.get("num_class_embeds") is not None else {}
         with torch.no_grad():
             model_output = _field(self.unet(sample, model_timestep, **unet_kwargs), "sample")
         if guidance_scale == 0:
             return model_output
-        gradient = self._classifier_log_prob_grad(classifier, sample, model_timestep, labels, model_output, step_index)
-        sigma = float(self.scheduler.grid.sigmas[step_index])
+        gradient = self._classifier_log_prob_grad(classifier, sample, model_timestep, labels, model_output, alpha, sigma)
         return model_output + self.scheduler.convention.output_from_score(guidance_scale * gradient, sigma)
 
     # ---- sampling ------------------------------------------------------------------------------------------------
@@ -296,19 +313,15 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         device = self._execution_device
         labels = self._prepare_class_labels(class_labels, guidance_scale, batch_size, device)
 
-        config = self.unet.config
-        size = config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (batch_size, config.in_channels, *size)
-        dtype = next(self.unet.parameters(), torch.empty(0)).dtype
-        sample = randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        sample = self._initial_noise(batch_size, generator, device)
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         classifier = None if self.classifier is None else as_guidance_classifier(self.classifier)
         for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_input = self.scheduler.scale_model_input(sample, timestep)
-            entry = self.scheduler.step_index
-            model_output = self._model_output(model_input, timestep, entry, labels, guidance_scale, classifier)
+            grid, entry = self.scheduler.grid, self.scheduler.step_index
+            alpha, sigma = float(grid.alphas[entry]), float(grid.sigmas[entry])
+            model_output = self._model_output(model_input, timestep, alpha, sigma, labels, guidance_scale, classifier)
             step = self.scheduler.step(model_output, timestep, sample, generator=generator)
             sample = step.prev_sample
             if callback_on_step_end is not None:
@@ -317,15 +330,74 @@ class ScoreGuidedPipeline(DiffusionPipeline):
                 callback_outputs = callback_on_step_end(self, step_index, timestep, callback_kwargs)
                 sample = callback_outputs.pop("sample", sample)
 
+        image = self._to_images(sample, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    def _initial_noise(self, batch_size: int, generator, device: torch.device) -> torch.Tensor:
+        """x_T: standard normal noise of the unet's sample shape times `init_noise_sigma`, in the unet's dtype."""
+        config = self.unet.config
+        size = config.sample_size
+        size = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, config.in_channels, *size)
+        dtype = next(self.unet.parameters(), torch.empty(0)).dtype
+        return randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+
+    def _to_images(self, sample: torch.Tensor, output_type: str):
+        """Samples in [−1, 1] as `output_type` images in [0, 1]."""
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).float().numpy()
         if output_type == "pil":
             image = self.numpy_to_pil(image)
+        return image
+
+    @torch.no_grad()
+    def sample_adaptive(
+        self,
+        batch_size: int = 1,
+        rtol: float = 0.2,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        class_labels: int | list[int] | torch.Tensor | None = None,
+        guidance_scale: float = 0.0,
+        output_type: OutputType = "pil",
+    ) -> AdaptiveImagePipelineOutput:
+        r"""Generate images with the adaptive-step reverse-SDE solver (`score_diffusers.sampling.adaptive_reverse_sde`)
+        on this pipeline's model and its scheduler's convention, guidance included. The solver picks each image's
+        steps, so there is no `num_inference_steps`; `rtol` sets the local error allowed, as a fraction of σ_t.
+
+        Args:
+            batch_size, generator, class_labels, guidance_scale, output_type: as for `__call__`.
+            rtol (`float`, defaults to 0.2): the solver's tolerance.
+
+        Returns:
+            `AdaptiveImagePipelineOutput` with `images` and `nfe`, the model evaluations of each image.
+        """
+        check_positive_int("batch_size", batch_size)
+        check_choice("output_type", output_type, OUTPUT_TYPES)
+        device = self._execution_device
+        labels = self._prepare_class_labels(class_labels, guidance_scale, batch_size, device)
+        classifier = None if self.classifier is None else as_guidance_classifier(self.classifier)
+        convention = self.scheduler.convention
+        # The number of evaluations is not known in advance: the bar counts them.
+        progress = tqdm(unit=" evaluations", **getattr(self, "_progress_bar_config", {}))
+
+        def score_fn(x: torch.Tensor, t: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            alpha, sigma = convention.coefficients(t)
+            timestep = convention.timestep(t).to(device=x.device, dtype=torch.float32)
+            row_labels = None if labels is None else labels[rows.to(labels.device)]
+            output = self._model_output(x, timestep, alpha, sigma, row_labels, guidance_scale, classifier)
+            progress.update(1)
+            return convention.score_from_output(output, sigma)
+
+        x_T = self._initial_noise(batch_size, generator, device)
+        result = adaptive_reverse_sde(score_fn, x_T, convention.sde, convention.sampling_eps, rtol=rtol,
+                                      generator=generator)
+        progress.close()
         self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image,)
-        return ImagePipelineOutput(images=image)
+        return AdaptiveImagePipelineOutput(images=self._to_images(result.sample, output_type), nfe=result.nfe)
 
     # ---- likelihood ----------------------------------------------------------------------------------------------
 

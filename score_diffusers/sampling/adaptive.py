@@ -19,7 +19,8 @@ from ..checks import SamplingError, check_number
 from ..conventions import ModelConvention
 from ..sde import SDE, append_dims
 
-ScoreFunction = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# score_fn(x, t, rows): the score at the samples `rows` (indices into the batch) of shape (b, *dims), times t (b,).
+ScoreFunction = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -85,8 +86,9 @@ def adaptive_reverse_sde(
     evaluations; `benchmarks/bench_adaptive.py` prints both).
 
     Args:
-        score_fn (`Callable`): `score_fn(x, t)` → ∇ₓ log p_t(x) for `x` of shape `(b, *dims)` and `t` of shape `(b,)`
-            (float64), shape of `x`.
+        score_fn (`Callable`): `score_fn(x, t, rows)` → ∇ₓ log p_t(x) for `x` of shape `(b, *dims)`, `t` of shape
+            `(b,)` (float64) and `rows` (int64, `(b,)`) the indices of these samples in the batch (for per-sample
+            conditioning such as class labels); shape of `x`.
         sample (`torch.Tensor` of shape `(batch, *dims)`): x_T, drawn from the SDE's prior.
         sde (`SDE`): the forward SDE the model was trained on.
         eps (`float`): the last time ε (a scheduler's `sampling_eps`).
@@ -115,14 +117,15 @@ def adaptive_reverse_sde(
     accepted = torch.zeros_like(nfe)
     rejected = torch.zeros_like(nfe)
 
-    def drift(values: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
-        score = score_fn(values, times)
+    def drift(values: torch.Tensor, times: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+        score = score_fn(values, times, rows)
         return sde.reverse_drift(values, times.to(values.device), score).to(values.dtype)
 
     if forget_prior:
         t_start = torch.full((batch,), float(sde.T), dtype=torch.float64)
         alpha_T, sigma_T = float(sde.mean_coeff(sde.T)), float(sde.marginal_std(sde.T))
-        denoised = ModelConvention.denoised(x, score_fn(x, t_start), alpha_T, sigma_T)
+        everyone = torch.arange(batch)
+        denoised = ModelConvention.denoised(x, score_fn(x, t_start, everyone), alpha_T, sigma_T)
         x = alpha_T * denoised + sigma_T * _standard_normal(dims, torch.arange(batch), generator, x)
         nfe += 1
     # The Brownian path is kept across rejections (the idea of Rackauckas & Nie's RSwM): a rejected increment stays
@@ -153,8 +156,8 @@ def adaptive_reverse_sde(
         step = per_sample(ha)
         g_now, g_next = per_sample(sde.diffusion(ta)), per_sample(sde.diffusion(ta - ha))
         # Euler–Maruyama proposal, then the improved-Euler one with the same Brownian increment.
-        proposal = xa - step * drift(xa, ta) + g_now * increment
-        corrected = 0.5 * (proposal + xa - step * drift(proposal, ta - ha) + g_next * increment)
+        proposal = xa - step * drift(xa, ta, active) + g_now * increment
+        corrected = 0.5 * (proposal + xa - step * drift(proposal, ta - ha, active) + g_next * increment)
         nfe[active] += 2
         if atol is None:
             delta = per_sample(sde.marginal_std(ta)) * rtol
@@ -183,7 +186,7 @@ def adaptive_reverse_sde(
         t[active[(t[active] - eps) <= 1e-12 * max(eps, 1e-12)]] = eps
     if denoise:
         t_end = torch.full((batch,), float(eps), dtype=torch.float64)
-        score = score_fn(x, t_end)
+        score = score_fn(x, t_end, torch.arange(batch))
         nfe += 1
         x = ModelConvention.denoised(x, score, float(sde.mean_coeff(eps)), float(sde.marginal_std(eps)))
     return AdaptiveSDEOutput(sample=x, nfe=nfe, accepted=accepted, rejected=rejected)
