@@ -8,10 +8,17 @@
 3. Guidance overhead: time per sample with / without guidance at the same scheduler and number of evaluations
    (guidance costs one classifier forward and backward per model evaluation).
 
+Issue 13's digits bar, with `--low-nfe` (only this table is run): FD at exactly 10 and 20 model evaluations for the
+package's `ProbabilityFlowScheduler` (`dpmpp_3m`, `dpmpp_2m`) and `SDEDPMSolverScheduler` in `ScoreGuidedPipeline`,
+beside Diffusers' `DPMSolverMultistepScheduler` (orders 2 and 3) and `UniPCMultistepScheduler` in Diffusers' own
+`DDPMPipeline`, and `DDPMScheduler` at 1000 steps; all on the same DDPM, seeds and number of samples, FD ± the standard
+deviation over bootstrap resamples of the generated samples.
+
 Run from the repository root: `python benchmarks/bench_pipeline.py` (add `--num-samples 128` for a quicker, noisier
-run). The DDPM (`benchmarks/digits_ddpm.py`) and the noise-conditional classifier are trained once and cached under
-`benchmarks/results/`; the feature CNN is retrained each run. Prints markdown tables and saves
-`benchmarks/results/pipeline_fd_vs_nfe.png` (FD per model evaluation, guided accuracy and FD per guidance scale).
+run; `--low-nfe` for issue 13's table). The DDPM (`benchmarks/digits_ddpm.py`) and the noise-conditional classifier
+are trained once and cached under `benchmarks/results/`; the feature CNN is retrained each run. Prints markdown tables
+and saves `benchmarks/results/pipeline_fd_vs_nfe.png` (FD per model evaluation, guided accuracy and FD per guidance
+scale; not with `--low-nfe`).
 """
 
 from __future__ import annotations
@@ -26,13 +33,14 @@ import numpy as np
 import scipy.linalg
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMPipeline, DDPMScheduler
+from diffusers import DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
 
 from score_diffusers import (
     NoiseConditionalClassifier,
     PredictorCorrectorScheduler,
     ProbabilityFlowScheduler,
     ScoreGuidedPipeline,
+    SDEDPMSolverScheduler,
 )
 from score_diffusers.datasets import load_digits_images
 
@@ -50,6 +58,8 @@ NUM_CLASSES = 10
 # Bars of issue 3.
 MIN_GUIDED_ACCURACY = 0.95
 MAX_GUIDED_FD_RATIO = 1.5
+# Model evaluations of issue 13's low-NFE table.
+LOW_NFE = (10, 20)
 
 
 # ---- feature network and Fréchet distance ----------------------------------------------------------------------
@@ -99,6 +109,13 @@ def frechet_distance(features: torch.Tensor, reference: torch.Tensor) -> float:
     return float(((mean_x - mean_y) ** 2).sum() + np.trace(cov_x + cov_y - 2 * covariance_sqrt))
 
 
+def bootstrap_fd_std(features: torch.Tensor, reference: torch.Tensor, draws: int = 50, seed: int = 0) -> float:
+    """Standard deviation of the FD over `draws` resamples (with replacement) of `features`: its sampling noise."""
+    generator = torch.Generator().manual_seed(seed)
+    indices = [torch.randint(len(features), (len(features),), generator=generator) for _ in range(draws)]
+    return float(np.std([frechet_distance(features[index], reference) for index in indices]))
+
+
 # ---- noise-conditional classifier -------------------------------------------------------------------------------
 
 
@@ -142,14 +159,21 @@ def timed(sample: Callable[[], torch.Tensor]) -> tuple[torch.Tensor, float]:
     return images, time.perf_counter() - start
 
 
-def ddpm_baseline(pipeline: DDPMPipeline, num_samples: int, seed: int) -> tuple[torch.Tensor, float]:
-    """Diffusers' own DDPMPipeline, 1000 ancestral steps; images in [−1, 1]."""
+def diffusers_pipeline_samples(
+    pipeline: DDPMPipeline, num_samples: int, num_inference_steps: int, seed: int
+) -> tuple[torch.Tensor, float]:
+    """Diffusers' own `DDPMPipeline` samples in [−1, 1] and the seconds they took."""
     pipeline.set_progress_bar_config(disable=True)
     images, seconds = timed(
         lambda: pipeline(batch_size=num_samples, generator=torch.Generator().manual_seed(seed),
-                         num_inference_steps=pipeline.scheduler.config.num_train_timesteps, output_type="np").images
+                         num_inference_steps=num_inference_steps, output_type="np").images
     )
     return torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1, seconds
+
+
+def ddpm_baseline(pipeline: DDPMPipeline, num_samples: int, seed: int) -> tuple[torch.Tensor, float]:
+    """Diffusers' own DDPMPipeline, 1000 ancestral steps; images in [−1, 1]."""
+    return diffusers_pipeline_samples(pipeline, num_samples, pipeline.scheduler.config.num_train_timesteps, seed)
 
 
 def score_pipeline_samples(
@@ -176,6 +200,69 @@ def vp_schedulers(ddpm_config) -> dict[str, tuple[object, int]]:
             50,
         ),
     }
+
+
+def ignoring_generator(scheduler):
+    """`DDPMPipeline` passes `generator=` to `step`; Diffusers' deterministic `UniPCMultistepScheduler` rejects it."""
+    step = scheduler.step
+    scheduler.step = lambda *args, generator=None, **kwargs: step(*args, **kwargs)
+    return scheduler
+
+
+def low_nfe_schedulers(ddpm_config) -> dict[str, tuple[Callable[[], object], bool]]:
+    """Issue 13's rows: name → (a fresh scheduler, whether it runs in Diffusers' `DDPMPipeline` rather than
+    `ScoreGuidedPipeline`); each takes one model evaluation per inference step."""
+    return {
+        **{
+            f"ProbabilityFlow {solver}": (
+                lambda solver=solver: ProbabilityFlowScheduler.from_config(ddpm_config, solver=solver), False
+            )
+            for solver in ("dpmpp_3m", "dpmpp_2m")
+        },
+        "SDEDPMSolver": (lambda: SDEDPMSolverScheduler.from_config(ddpm_config), False),
+        "Diffusers DPMSolverMultistep (order 2)": (lambda: DPMSolverMultistepScheduler.from_config(ddpm_config), True),
+        "Diffusers DPMSolverMultistep (order 3)": (
+            lambda: DPMSolverMultistepScheduler.from_config(ddpm_config, solver_order=3), True
+        ),
+        "Diffusers UniPCMultistep": (
+            lambda: ignoring_generator(UniPCMultistepScheduler.from_config(ddpm_config)), True
+        ),
+    }
+
+
+def low_nfe_table(ddpm: DDPMPipeline, num_samples: int, seed: int, fd_and_std: Callable, real_row: tuple) -> None:
+    """Prints issue 13's table: FD ± bootstrap std per sampler at `LOW_NFE` evaluations, and DDPMScheduler at 1000.
+
+    Evaluations are counted with a forward hook on the unet (one call per batch and evaluation).
+    """
+    evaluations = [0]
+    hook = ddpm.unet.register_forward_hook(lambda *_: evaluations.__setitem__(0, evaluations[0] + 1))
+    rows = [real_row]
+    print("Sampling: DDPMPipeline, 1000 steps ...", flush=True)
+    samples, seconds = ddpm_baseline(ddpm, num_samples, seed)
+    rows.append(("Diffusers DDPMPipeline (DDPMScheduler, ancestral)", evaluations[0], *fd_and_std(samples), seconds))
+    for num_evaluations in LOW_NFE:
+        for name, (make_scheduler, in_ddpm_pipeline) in low_nfe_schedulers(ddpm.scheduler.config).items():
+            print(f"Sampling: {name}, {num_evaluations} steps ...", flush=True)
+            evaluations[0] = 0
+            if in_ddpm_pipeline:
+                pipe = DDPMPipeline(unet=ddpm.unet, scheduler=make_scheduler())
+                samples, seconds = diffusers_pipeline_samples(pipe, num_samples, num_evaluations, seed)
+                name = f"{name} in DDPMPipeline"
+            else:
+                pipe = ScoreGuidedPipeline(unet=ddpm.unet, scheduler=make_scheduler())
+                pipe.set_progress_bar_config(disable=True)
+                samples, seconds = score_pipeline_samples(pipe, num_samples, num_evaluations, seed)
+                name = f"package {name} in ScoreGuidedPipeline"
+            rows.append((name, evaluations[0], *fd_and_std(samples), seconds))
+    hook.remove()
+    print(f"\n{num_samples} samples per row, seed {seed} (the same initial noise in every row), FD ± std over 50 "
+          "bootstrap resamples of the generated samples.\n")
+    print("| sampler | model evaluations | FD ↓ | s / sample |")
+    print("| --- | ---: | ---: | ---: |")
+    for name, count, fd, std, seconds in rows:
+        per_sample = "—" if seconds != seconds else f"{seconds / num_samples:.4f}"
+        print(f"| {name} | {count} | {fd:.2f} ± {std:.2f} | {per_sample} |")
 
 
 def plot_results(rows: list[tuple], guided_rows: list[tuple], guidance_scales: list[float], path: Path) -> None:
@@ -231,6 +318,7 @@ def main() -> None:
     parser.add_argument("--classifier-dir", default=DEFAULT_CLASSIFIER_DIR, help="cache folder of the noisy classifier")
     parser.add_argument("--guidance-scales", type=float, nargs="+", default=[3.0], help="one row per scale")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--low-nfe", action="store_true", help="run only issue 13's table at 10 and 20 evaluations")
     arguments = parser.parse_args()
     n, seed = arguments.num_samples, arguments.seed
 
@@ -255,6 +343,18 @@ def main() -> None:
     with torch.no_grad():
         real_fd = frechet_distance(feature_cnn(test_images[:n])[0], reference_features)
     rows.append((f"real digits ({min(n, len(test_images))} of the held-out split)", "—", real_fd, float("nan")))
+    if arguments.low_nfe:
+        def fd_and_std(samples: torch.Tensor) -> tuple[float, float]:
+            with torch.no_grad():
+                features = feature_cnn(samples.clamp(-1, 1))[0]
+            return frechet_distance(features, reference_features), bootstrap_fd_std(features, reference_features)
+
+        with torch.no_grad():
+            real_std = bootstrap_fd_std(feature_cnn(test_images[:n])[0], reference_features)
+        print(f"\n{machine_description()}\nFeature CNN held-out accuracy {test_accuracy:.1%}; FD against the "
+              f"{len(train_images)} training-split digits.")
+        low_nfe_table(ddpm, n, seed, fd_and_std, (*rows[0][:2], real_fd, real_std, float("nan")))
+        return
 
     print("Sampling: DDPMPipeline, 1000 steps ...", flush=True)
     samples, seconds = ddpm_baseline(ddpm, n, seed)
