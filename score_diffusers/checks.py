@@ -1,4 +1,4 @@
-"""One style for bad input and one for failures while running (pure Python, no Diffusers).
+"""One style for bad input and one for failures while running (no Diffusers).
 
 Bad input raises a `ValueError` that names the argument and the values it accepts, before any work starts. A
 failure while running (NaN mid-sampling, a solver that does not converge) is not bad input: it raises
@@ -10,10 +10,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 
 class SamplingError(RuntimeError):
     """A sampler or solver failed while running: a model output turned NaN or infinite, or a solve did not
     converge. The message says at which step or time."""
+
+
+def all_finite(values: torch.Tensor) -> bool:
+    """Whether `values` hold no NaN or inf, found through one float32 sum (they propagate into it), cheaper than
+    `isfinite().all()` on a large tensor."""
+    return bool(torch.isfinite(values.sum(dtype=torch.float32)))
 
 
 def check_choice(argument: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -35,7 +35,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
-from .checks import SamplingError, check_choice, check_positive_int
+from .checks import SamplingError, all_finite, check_choice, check_positive_int
 from .conventions import ModelConvention
 
 # What names a model's conventions here: a `ModelConvention`, or a score scheduler, which carries one.
@@ -176,7 +176,7 @@ class _ProbabilityFlow:
         if not isinstance(output, torch.Tensor) or output.shape != x.shape:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(f"`model` must return a tensor of the samples' shape {tuple(x.shape)}; got {shape}.")
-        if not bool(torch.isfinite(output.sum(dtype=torch.float32))):
+        if not all_finite(output):
             raise SamplingError(f"`model` returned NaN or infinite values at t = {t:.6g}; the solve stopped.")
         sigma = float(self.convention.sde.marginal_std(torch.tensor(t, dtype=torch.float64)))
         return self.convention.score_from_output(output.to(x.dtype), sigma)

@@ -75,9 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="End sampling with the Tweedie denoising step (NCSNv2).",
     )
-    parser.set_defaults(
-        num_epochs=arguments.SCORE_MODEL_DEFAULT_EPOCHS, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50
-    )
+    parser.set_defaults(**arguments.SCORE_MODEL_DEFAULTS)
     return parser
 
 

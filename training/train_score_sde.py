@@ -96,9 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--num_inference_steps", type=int, default=None,
         help="Sampler steps for the sample grids (default: the registry's for the sampler, e.g. pc 100, pf 30).",
     )
-    parser.set_defaults(
-        num_epochs=arguments.SCORE_MODEL_DEFAULT_EPOCHS, use_ema=True, learning_rate=1e-3, lr_warmup_steps=50
-    )
+    parser.set_defaults(**arguments.SCORE_MODEL_DEFAULTS)
     return parser
 
 

@@ -95,7 +95,8 @@ def adaptive_reverse_sde(
         rtol (`float`, defaults to 0.2): the local error allowed, as a fraction of σ_t.
         atol (`float`, *optional*): given, the error is measured as Jolicoeur-Martineau et al. do, against
             max(atol, rtol·max(|x'|, |x'_prev|)) in the data's units.
-        generator (`torch.Generator` or list of them, *optional*): source of the noise; a list gives each sample its own.
+        generator (`torch.Generator` or list of them, *optional*): source of the noise; a list gives each sample its
+            own.
         initial_step (`float`, defaults to 0.01), safety (`float`, defaults to 0.9), exponent (`float`, defaults to
             0.9): the first step size and the step-size controller's θ and r.
         forget_prior (`bool`, defaults to `True`): re-centre x_T on x̂₀(x_T) first (one evaluation).
@@ -117,16 +118,20 @@ def adaptive_reverse_sde(
     accepted = torch.zeros_like(nfe)
     rejected = torch.zeros_like(nfe)
 
+    everyone = torch.arange(batch)
+
     def drift(values: torch.Tensor, times: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
         score = score_fn(values, times, rows)
         return sde.reverse_drift(values, times.to(values.device), score).to(values.dtype)
 
+    def per_sample(values: torch.Tensor) -> torch.Tensor:
+        return append_dims(values.to(device=x.device, dtype=x.dtype), x.ndim)
+
     if forget_prior:
         t_start = torch.full((batch,), float(sde.T), dtype=torch.float64)
         alpha_T, sigma_T = float(sde.mean_coeff(sde.T)), float(sde.marginal_std(sde.T))
-        everyone = torch.arange(batch)
         denoised = ModelConvention.denoised(x, score_fn(x, t_start, everyone), alpha_T, sigma_T)
-        x = alpha_T * denoised + sigma_T * _standard_normal(dims, torch.arange(batch), generator, x)
+        x = sde.perturb(denoised, sde.T, _standard_normal(dims, everyone, generator, x))
         nfe += 1
     # The Brownian path is kept across rejections (the idea of Rackauckas & Nie's RSwM): a rejected increment stays
     # pending, and a shorter retry takes its share from a Brownian bridge, so rejections do not select the noise.
@@ -143,10 +148,6 @@ def adaptive_reverse_sde(
             )
         rows = active.to(x.device)
         xa, ta, ha, pa = x[rows], t[active], h[active], pending_h[active]
-
-        def per_sample(values: torch.Tensor) -> torch.Tensor:
-            return append_dims(values.to(device=x.device, dtype=x.dtype), x.ndim)
-
         fresh = _standard_normal(dims, active, generator, x)
         inside = ha <= pa
         # W(h) from the pending W(p): the bridge (h/p)·W(p) + √(h(p − h)/p)·ξ inside it, W(p) + √(h − p)·ξ past it.
@@ -170,7 +171,7 @@ def adaptive_reverse_sde(
         accept = error <= 1
         on_device = accept.to(x.device)
         # Accepted: what is left of the pending increment beyond h stays pending. Rejected: W(h) becomes it.
-        remainder = torch.where(per_sample(inside.to(torch.float64)) > 0, pending[rows] - increment,
+        remainder = torch.where(append_dims(inside.to(x.device), x.ndim), pending[rows] - increment,
                                 torch.zeros_like(increment))
         pending[rows] = torch.where(append_dims(on_device, x.ndim), remainder, increment)
         pending_h[active] = torch.where(accept, (pa - ha).clamp(min=0), ha)
@@ -186,7 +187,7 @@ def adaptive_reverse_sde(
         t[active[(t[active] - eps) <= 1e-12 * max(eps, 1e-12)]] = eps
     if denoise:
         t_end = torch.full((batch,), float(eps), dtype=torch.float64)
-        score = score_fn(x, t_end, torch.arange(batch))
+        score = score_fn(x, t_end, everyone)
         nfe += 1
         x = ModelConvention.denoised(x, score, float(sde.mean_coeff(eps)), float(sde.marginal_std(eps)))
     return AdaptiveSDEOutput(sample=x, nfe=nfe, accepted=accepted, rejected=rejected)

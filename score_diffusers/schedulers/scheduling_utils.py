@@ -17,7 +17,7 @@ from diffusers.utils import BaseOutput
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import sampling
-from ..checks import SamplingError, check_choice, check_int, check_positive_int
+from ..checks import SamplingError, all_finite, check_choice, check_int, check_positive_int
 from ..conventions import (
     BETA_SCHEDULES,
     CONVENTION_DEFAULTS,
@@ -325,8 +325,8 @@ class ScoreSchedulerMixin(SchedulerMixin):
 
     def _check_finite(self, values: torch.Tensor, index: int) -> None:
         """Stop sampling at entry `index` of `timesteps` if `values` (the model output, or norms of it) hold NaN or
-        inf, found through one sum (they propagate into it), cheaper than `isfinite().all()`."""
-        if not bool(torch.isfinite(values.sum(dtype=torch.float32))):
+        inf (`checks.all_finite`)."""
+        if not all_finite(values):
             raise SamplingError(
                 f"`model_output` holds NaN or infinite values at step {index} "
                 f"(timestep {self._timestep_values[index]}); sampling stopped."
