@@ -19,7 +19,12 @@ from diffusers import (
 )
 from helpers import make_generator
 
-from score_diffusers import AnnealedLangevinScheduler, PredictorCorrectorScheduler, ProbabilityFlowScheduler
+from score_diffusers import (
+    AnnealedLangevinScheduler,
+    PredictorCorrectorScheduler,
+    ProbabilityFlowScheduler,
+    SDEDPMSolverScheduler,
+)
 from score_diffusers.checks import check_number
 from score_diffusers.conventions import (
     ANNEALED_LANGEVIN_DEFAULTS,
@@ -146,6 +151,10 @@ def test_from_config_between_own_schedulers_keeps_the_model_conventions():
     for target in (PredictorCorrectorScheduler, ProbabilityFlowScheduler):
         swapped = target.from_config(source.config)
         assert (swapped.config.timestep_type, swapped.config.num_train_timesteps) == ("sigma", 232)
+    # Sampler keys the source left at its defaults take the target's own defaults, as in any Diffusers swap.
+    assert SDEDPMSolverScheduler.from_config(ProbabilityFlowScheduler().config).config.time_spacing == "log_sigma"
+    chosen = ProbabilityFlowScheduler(time_spacing="uniform").config
+    assert SDEDPMSolverScheduler.from_config(chosen).config.time_spacing == "uniform"
     back = AnnealedLangevinScheduler.from_config(PredictorCorrectorScheduler(sigma_max=9.0).config)
     assert (back.config.timestep_type, back.config.num_train_timesteps, back.config.sigma_max) == (
         "continuous", 1000, 9.0

@@ -367,11 +367,11 @@ class ScoreSchedulerMixin(SchedulerMixin):
                     f"{cls.__name__}.from_config takes a config of {', '.join(sorted(own_names))}, a Diffusers "
                     f"ᾱ-table scheduler (DDPMScheduler, DDIMScheduler, …) or ScoreSdeVeScheduler; got one of {name}."
                 )
-            # Diffusers would reset keys the source left at its defaults to the target's defaults; a model's
-            # conventions must survive the swap (annealed Langevin's σ timesteps and N = 232 included).
-            source_convention = _source_convention(config)
-            config = {k: v for k, v in config.items() if k != "_use_default_values"}
-            config.update(source_convention)
+            # Diffusers resets keys the source left at its defaults (`_use_default_values`) to the target's defaults.
+            # That is right for sampler keys but not for the model's conventions, which must survive the swap
+            # (annealed Langevin's σ timesteps and N = 232 included): their values stay.
+            defaulted = [k for k in config.get("_use_default_values", []) if k not in CONVENTION_DEFAULTS]
+            config = {**config, "_use_default_values": defaulted}
 
         known_keys = set().union(*(klass._get_init_keys(klass) for klass in cls._score_scheduler_classes))
         own_keys = cls._get_init_keys(cls) - {"self", "kwargs"}
@@ -387,16 +387,6 @@ class ScoreSchedulerMixin(SchedulerMixin):
             )
         config = {k: v for k, v in config.items() if k.startswith("_") or k in own_keys}
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
-
-
-def _source_convention(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The convention keys a score scheduler config stands for, defaults of its own class filled in."""
-    name = config.get("_class_name")
-    source_class = next((k for k in ScoreSchedulerMixin._score_scheduler_classes if k.__name__ == name), None)
-    if source_class is None:
-        return {}
-    values = {**source_class.from_config({k: v for k, v in config.items() if k != "_class_name"}).config}
-    return {k: values[k] for k in CONVENTION_DEFAULTS if k in values}
 
 
 def _translate_score_sde_ve_config(ve_config: Mapping[str, Any]) -> dict[str, Any]:
