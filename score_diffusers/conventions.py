@@ -32,11 +32,15 @@ PredictionType = Literal["score", "epsilon"]
 TimestepType = Literal["sigma", "discrete", "continuous"]
 SDEType = Literal["ve", "vp", "subvp"]
 BetaSchedule = Literal["continuous_linear", "linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid"]
+TimeSpacing = Literal["uniform", "log_sigma", "karras"]
 
 PREDICTION_TYPES: tuple[str, ...] = ("score", "epsilon")
 TIMESTEP_TYPES: tuple[str, ...] = ("sigma", "discrete", "continuous")
 SDE_TYPES: tuple[str, ...] = ("ve", "vp", "subvp")
 BETA_SCHEDULES: tuple[str, ...] = ("continuous_linear", "linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")
+TIME_SPACINGS: tuple[str, ...] = ("uniform", "log_sigma", "karras")
+# ρ of Karras et al.'s noise-level spacing σ_i = (σ_max^{1/ρ} + i/(n−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
+KARRAS_RHO = 7.0
 _SDE_CLASSES: dict[str, type[SDE]] = {"ve": VESDE, "vp": VPSDE, "subvp": SubVPSDE}
 
 # Where sampling (and the likelihood's integral) stops when `sampling_eps` is unset: score_sde's choices.
@@ -341,6 +345,27 @@ class ModelConvention:
         if self.timestep_type == "sigma":
             return self.sde.time_from_noise_to_signal(timestep)
         return 1 - timestep / self._discrete_scale() if self.sde_type == "ve" else timestep / self._discrete_scale()
+
+    def time_grid(self, num_points: int, spacing: TimeSpacing = "log_sigma") -> torch.Tensor:
+        """`num_points` times from T down to ε (float64, decreasing): `"uniform"` in t, `"log_sigma"` uniform in
+        log σ̄, or `"karras"` (σ̄ spaced with ρ = 7, Karras et al., 2022), σ̄ = σ_t/α_t. The ends are exact."""
+        check_positive_int("num_points", num_points)
+        check_choice("spacing", spacing, TIME_SPACINGS)
+        sde, eps = self.sde, self.sampling_eps
+        if spacing == "uniform" or num_points == 1:
+            return torch.linspace(sde.T, eps, num_points, dtype=torch.float64)
+        ratio_max = sde.noise_to_signal(torch.tensor(sde.T, dtype=torch.float64))
+        ratio_min = sde.noise_to_signal(torch.tensor(eps, dtype=torch.float64))
+        fractions = torch.linspace(0, 1, num_points, dtype=torch.float64)
+        if spacing == "log_sigma":
+            ratios = torch.exp(ratio_max.log() + fractions * (ratio_min.log() - ratio_max.log()))
+        else:
+            high, low = ratio_max ** (1 / KARRAS_RHO), ratio_min ** (1 / KARRAS_RHO)
+            ratios = (high + fractions * (low - high)) ** KARRAS_RHO
+        times = sde.time_from_noise_to_signal(ratios)
+        # Pin the ends exactly: the inverse leaves them a few ulps off.
+        times[0], times[-1] = sde.T, eps
+        return times
 
     def coefficients(self, t: TimeLike) -> tuple[torch.Tensor, torch.Tensor]:
         """(α_t, σ_t) of the forward process at time `t`, float64."""

@@ -113,7 +113,7 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
             device (`str` or `torch.device`, *optional*): where `timesteps` live.
         """
         check_positive_int("num_inference_steps", num_inference_steps)
-        times = self._noise_level_times(num_inference_steps, self.config.time_spacing)
+        times = self.convention.time_grid(num_inference_steps, self.config.time_spacing)
         ratios = self.sde.noise_to_signal(times)
         config = self.config
         start_ratios = sampling.churned_ratios(ratios, config.s_churn, config.s_tmin, config.s_tmax)

@@ -99,7 +99,7 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
             device (`str` or `torch.device`, *optional*): where `timesteps` live.
         """
         check_positive_int("num_inference_steps", num_inference_steps)
-        times = self._noise_level_times(num_inference_steps, self.config.time_spacing)
+        times = self.convention.time_grid(num_inference_steps, self.config.time_spacing)
         alphas, sigmas = self.sde.mean_coeff(times), self.sde.marginal_std(times)
         self._alphas = torch.cat([alphas, alphas.new_ones(1)]).tolist()
         self._sigmas = sigmas.tolist()

@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from diffusers import ScoreSdeVeScheduler
@@ -23,22 +23,20 @@ from ..conventions import (
     CONVENTION_DEFAULTS,
     PREDICTION_TYPES,
     SDE_TYPES,
+    TIME_SPACINGS,
     TIMESTEP_TYPES,
     BetaSchedule,
     ModelConvention,
     PredictionType,
     SDEType,
     TimestepType,
+    TimeSpacing,
     config_source,
     convention_config_from_ddpm,
     convention_config_from_score_sde_ve,
 )
 from ..sde import TimeLike
 
-TimeSpacing = Literal["uniform", "log_sigma", "karras"]
-TIME_SPACINGS: tuple[str, ...] = ("uniform", "log_sigma", "karras")
-# ρ of Karras et al.'s noise-level spacing σ_i = (σ_max^{1/ρ} + i/(n−1)(σ_min^{1/ρ} − σ_max^{1/ρ}))^ρ.
-KARRAS_RHO = 7.0
 
 __all__ = [
     "BETA_SCHEDULES",
@@ -244,25 +242,6 @@ class ScoreSchedulerMixin(SchedulerMixin):
         self._grid = grid
         self._begin_index = 0
         self._step_index = 0
-
-    def _noise_level_times(self, num_points: int, spacing: str) -> torch.Tensor:
-        """`num_points` times from T down to ε (float64): `"uniform"` in t, `"log_sigma"` uniform in log σ̄, or
-        `"karras"` (σ̄ spaced with ρ = 7, Karras et al., 2022), σ̄ = σ_t/α_t."""
-        eps = self.sampling_eps
-        if spacing == "uniform" or num_points == 1:
-            return torch.linspace(self.sde.T, eps, num_points, dtype=torch.float64)
-        ratio_max = self.sde.noise_to_signal(torch.tensor(self.sde.T, dtype=torch.float64))
-        ratio_min = self.sde.noise_to_signal(torch.tensor(eps, dtype=torch.float64))
-        fractions = torch.linspace(0, 1, num_points, dtype=torch.float64)
-        if spacing == "log_sigma":
-            ratios = torch.exp(ratio_max.log() + fractions * (ratio_min.log() - ratio_max.log()))
-        else:
-            high, low = ratio_max ** (1 / KARRAS_RHO), ratio_min ** (1 / KARRAS_RHO)
-            ratios = (high + fractions * (low - high)) ** KARRAS_RHO
-        times = self.sde.time_from_noise_to_signal(ratios)
-        # Pin the ends exactly: the inverse leaves them a few ulps off.
-        times[0], times[-1] = self.sde.T, eps
-        return times
 
     def _can_begin_at(self, index: int) -> bool:
         """Whether a run may start at entry `index` (a subclass with multi-entry steps refuses their inner entries)."""
