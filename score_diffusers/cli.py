@@ -7,9 +7,9 @@
 PIPELINE is a local `ScoreGuidedPipeline` or stock `DDPMPipeline` folder, or a Hub id (`owner/name`). Every
 `--scheduler` name maps to one score scheduler built with `X.from_config(<the pipeline's scheduler config>,
 **overrides)` (the registry `score_diffusers.schedulers.SCHEDULERS`). Bad input (a missing folder, an unknown
-scheduler, a folder that is not a pipeline, options the pipeline refuses) ends with exit status 2 and a one-line
-message on stderr; a failure while running (`SamplingError`: NaN mid-sampling, a solve that does not converge) with
-exit status 1 and what happened.
+scheduler, a folder that is not a pipeline, options the pipeline refuses, an output path that cannot be written,
+checked before any sampling) ends with exit status 2 and a one-line message on stderr; a failure while running
+(`SamplingError`: NaN mid-sampling, a solve that does not converge) with exit status 1 and what happened.
 
 `main(argv)` runs in-process and returns the exit status; `python -m score_diffusers` runs it too.
 """
@@ -17,10 +17,14 @@ exit status 1 and what happened.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import errno
 import math
+import os
 import re
 import shutil
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -215,30 +219,141 @@ def load_images(
 
 # ---- writing ---------------------------------------------------------------------------------------------------------
 
+# Linux `renameat2` arguments (<fcntl.h>, <linux/fs.h>): paths relative to the working folder, swap the two paths.
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+# What `renameat2` sets where the kernel, libc or filesystem has no atomic exchange: then the two-rename fallback runs.
+_NO_EXCHANGE_ERRNOS = frozenset({errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP})
+
+
+def writable_folder(path: str | Path, what: str) -> Path:
+    """`path` as a folder this process can write into, created with its parents if missing; a `CLIError` naming
+    `what` otherwise. Commands call it before any sampling, so an unwritable output never throws the work away."""
+    folder = Path(path)
+    if folder.exists() and not folder.is_dir():
+        raise CLIError(f"cannot write {what} {path}: it exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        # A file created and deleted at once: the one test of writing that holds for every user and filesystem.
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise CLIError(f"cannot write {what} {path}: {_one_line(error)}") from error
+    return folder
+
+
+def writable_image_path(path: str | Path, what: str) -> Path:
+    """`path` as an image file PIL can write (its suffix names a format PIL saves) in a writable folder, checked
+    before any sampling; a `CLIError` naming `what` otherwise."""
+    file = Path(path)
+    if file.is_dir():
+        raise CLIError(f"cannot write {what} {path}: it is a folder")
+    PIL.Image.init()
+    image_format = PIL.Image.registered_extensions().get(file.suffix.lower())
+    if image_format not in PIL.Image.SAVE:
+        raise CLIError(f"cannot write {what} {path}: its suffix names no image format PIL writes (e.g. .png)")
+    writable_folder(file.parent, f"the folder of {what}")
+    return file
+
+
+def _staging_prefix(output: Path) -> str:
+    """The start of the names of the staging folders `save_atomically` writes beside `output`."""
+    return f".{output.name}.partial-"
+
+
+def _backup(output: Path) -> Path:
+    """Where `save_atomically` moves the old `output` aside when the filesystem cannot swap two folders at once."""
+    return output.with_name(f".{output.name}.backup")
+
+
+def _exchange(first: Path, second: Path) -> bool:
+    """Swap two existing paths in one atomic step (Linux `renameat2(..., RENAME_EXCHANGE)`); False, with nothing
+    changed, where the system or the filesystem has no such step."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):  # a libc older than glibc 2.28
+        return False
+    renameat2.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    renameat2.restype = ctypes.c_int
+    if renameat2(_AT_FDCWD, os.fsencode(first), _AT_FDCWD, os.fsencode(second), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in _NO_EXCHANGE_ERRNOS:
+        return False
+    raise OSError(code, os.strerror(code), str(first), None, str(second))
+
+
+def recover_interrupted_save(output: Path) -> list[str]:
+    """Put right what a killed `save_atomically` into `output` left beside it; returns one line per thing done.
+
+    A backup with no `output` is the old `output`, moved aside just before the kill: it is renamed back. A backup
+    beside `output` is the old folder a finished replacement was deleting, and staging folders are saves that never
+    became `output` (or, after an exchange, the old folder being deleted): they are deleted. Two commands saving into
+    the same `output` at once are not supported: one may delete the other's staging folder, which then fails.
+    """
+    done = []
+    backup = _backup(output)
+    if backup.is_dir():
+        if not output.exists() and not output.is_symlink():
+            backup.rename(output)
+            done.append(f"restored {output} from {backup.name}, left by a save that was killed while replacing it")
+        else:
+            _remove(backup)
+            done.append(f"deleted {backup.name}, the old {output.name} that a killed save had already replaced")
+    if output.parent.is_dir():
+        for leftover in sorted(output.parent.iterdir()):
+            if leftover.name.startswith(_staging_prefix(output)) and leftover.is_dir():
+                shutil.rmtree(leftover)
+                done.append(f"deleted {leftover.name}, left beside {output.name} by a killed save")
+    return done
+
+
+def _remove(path: Path) -> None:
+    """Delete the folder `path`, or only the link where `path` is a symbolic link."""
+    if path.is_symlink():
+        path.unlink()
+    else:
+        shutil.rmtree(path)
+
 
 def save_atomically(pipe: ScoreGuidedPipeline, output: Path) -> None:
-    """`pipe.save_pretrained` into a temporary folder beside `output`, then renamed to `output`: a failed save
-    leaves an existing `output` as it was. An existing `output` is moved aside first and deleted last."""
+    """`pipe.save_pretrained` into a staging folder beside `output`, then put in its place: a failed save leaves an
+    existing `output` as it was.
+
+    An existing `output` is replaced in one atomic exchange where the filesystem has one (Linux, on ext4, XFS, Btrfs,
+    tmpfs and most others): at every instant `output` is the whole old folder or the whole new one, and a kill leaves
+    at most a hidden staging folder beside it. Elsewhere the old `output` is renamed to a backup first and the staging
+    folder to `output` next; a kill between the two leaves no `output` but the whole old folder as `.NAME.backup`.
+    `recover_interrupted_save` (which `convert` runs first) puts either right. Nothing is flushed to disk (no fsync):
+    a power cut, unlike a kill, may still lose the new folder's files.
+    """
     output.parent.mkdir(parents=True, exist_ok=True)
     # A fresh unique name rather than `tempfile.mkdtemp`, whose folders are private (0700) and would stay so.
-    staging = output.parent / f".{output.name}.{uuid.uuid4().hex}.partial"
+    staging = output.parent / f"{_staging_prefix(output)}{uuid.uuid4().hex}"
     staging.mkdir()
     try:
         pipe.save_pretrained(staging)
+        if not output.exists():
+            staging.rename(output)
+            return
+        if _exchange(staging, output):
+            # `output` is the new folder; `staging` now holds the old one.
+            _remove(staging)
+            return
+        backup = _backup(output)
+        output.rename(backup)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if not output.exists():
-        staging.rename(output)
-        return
-    retired = staging.with_name(f"{staging.name}.old")
-    output.rename(retired)
     try:
         staging.rename(output)
     except BaseException:
-        retired.rename(output)
+        backup.rename(output)
+        shutil.rmtree(staging, ignore_errors=True)
         raise
-    shutil.rmtree(retired)
+    _remove(backup)
 
 
 # ---- the subcommands -------------------------------------------------------------------------------------------------
@@ -253,6 +368,9 @@ def run_sample(args: argparse.Namespace) -> int:
     """`score-diffusers sample`: generate images and write a grid and/or one PNG per image."""
     if args.grid is None and args.output_dir is None:
         raise CLIError("nothing to write: pass --grid PATH and/or --output_dir DIR")
+    # Checked (and --output_dir created) before sampling, so an unwritable path never throws the samples away.
+    output_dir = None if args.output_dir is None else writable_folder(args.output_dir, "--output_dir")
+    grid_path = None if args.grid is None else writable_image_path(args.grid, "--grid")
     pipe = load_pipeline(args.pipeline, args.scheduler, args.classifier, args.device, show_progress=not args.quiet)
     images = pipe(
         batch_size=args.batch_size,
@@ -265,15 +383,11 @@ def run_sample(args: argparse.Namespace) -> int:
         f"Sampled {len(images)} images with {type(pipe.scheduler).__name__}: {args.steps} steps, "
         f"{len(pipe.scheduler.timesteps)} model evaluations."
     )
-    if args.output_dir is not None:
-        output_dir = Path(args.output_dir)
-        output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir is not None:
         for index, image in enumerate(images):
             image.save(output_dir / f"{index:04d}.png")
         print(f"Wrote {output_dir}/0000.png ... {len(images) - 1:04d}.png")
-    if args.grid is not None:
-        grid_path = Path(args.grid)
-        grid_path.parent.mkdir(parents=True, exist_ok=True)
+    if grid_path is not None:
         image_grid(images, args.grid_columns).save(grid_path)
         print(f"Wrote {grid_path}")
     return EXIT_OK
@@ -312,13 +426,44 @@ def run_likelihood(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _check_convert_paths(source: str, output: str) -> None:
+    """Refuse, before anything is written, an OUTPUT_FOLDER whose replacement would delete what it must not: the
+    source checkpoint (OUTPUT_FOLDER is DDPM_FOLDER, holds it or lies inside it), the working folder or a root."""
+    target = Path(output).resolve()
+    if target.parent == target:
+        raise CLIError(f"OUTPUT_FOLDER {output} is a filesystem root; name a folder to write the pipeline into")
+    working = Path.cwd().resolve()
+    if target == working or target in working.parents:
+        raise CLIError(
+            f"OUTPUT_FOLDER {output} is the current folder or holds it, which cannot be replaced; name a new folder"
+        )
+    # A Hub id is no local path and cannot overlap one.
+    if not Path(source).exists():
+        return
+    checkpoint = Path(source).resolve()
+    if target == checkpoint:
+        raise CLIError(f"OUTPUT_FOLDER {output} is DDPM_FOLDER {source}; write the conversion to another folder")
+    if target in checkpoint.parents:
+        raise CLIError(
+            f"OUTPUT_FOLDER {output} holds DDPM_FOLDER {source}: replacing it would delete the checkpoint; "
+            "write the conversion to another folder"
+        )
+    if checkpoint in target.parents:
+        raise CLIError(f"OUTPUT_FOLDER {output} is inside DDPM_FOLDER {source}; write the conversion elsewhere")
+
+
 def run_convert(args: argparse.Namespace) -> int:
     """`score-diffusers convert`: a stock DDPM folder → a `ScoreGuidedPipeline` folder with a score scheduler."""
-    output = Path(args.output_folder)
+    # Normalised (".." and "." folded) but with links kept: replacing a link to a folder replaces the link.
+    output = Path(os.path.abspath(args.output_folder))
+    _check_convert_paths(args.ddpm_folder, args.output_folder)
+    for line in recover_interrupted_save(output):
+        print(f"{PROG}: note: {line}", file=sys.stderr)
     if output.exists() and not output.is_dir():
         raise CLIError(f"{output} exists and is not a folder")
     if output.exists() and any(output.iterdir()) and not args.overwrite:
         raise CLIError(f"{output} already exists and is not empty; pass --overwrite to replace it")
+    writable_folder(output.parent, "the folder of OUTPUT_FOLDER")
     pipe = load_pipeline(args.ddpm_folder, args.scheduler, device="cpu")
     save_atomically(pipe, output)
     convention = pipe.scheduler.convention
@@ -454,7 +599,9 @@ def build_parser() -> argparse.ArgumentParser:
         subcommands, "convert", run_convert, "Convert a stock DDPMPipeline folder into a ScoreGuidedPipeline folder.",
         "The unet is kept; the DDPMScheduler becomes the chosen score scheduler, configured from it (same alpha-bar\n"
         "table, epsilon prediction, DDPM index timesteps). The folder is written beside OUTPUT_FOLDER first and\n"
-        "renamed into place, so a failed conversion never leaves a half-written folder.",
+        "put in its place (an existing one is swapped out in one step where the filesystem allows), so a failed or\n"
+        "killed conversion never leaves a half-written folder; what a killed one left is put right on the next run.\n"
+        "OUTPUT_FOLDER may not be DDPM_FOLDER, hold it, lie inside it, or be the current folder.",
         epilog=scheduler_help(),
     )
     convert.add_argument("ddpm_folder", metavar="DDPM_FOLDER", help=pipeline_help)

@@ -5,7 +5,10 @@ from __future__ import annotations
 import json
 import math
 import runpy
+import shutil
+import signal
 import stat
+import subprocess
 import sys
 from pathlib import Path
 
@@ -15,6 +18,7 @@ import pytest
 from diffusers import DDPMPipeline, DDPMScheduler
 
 from helpers import tiny_unet
+from score_diffusers import cli
 from score_diffusers.cli import SCHEDULERS, main
 from score_diffusers.image_grid import GRID_GUTTER, GRID_MIN_WIDTH
 
@@ -106,6 +110,97 @@ def test_failed_convert_leaves_the_existing_folder_untouched(ddpm_folder, tmp_pa
     assert [path.name for path in tmp_path.iterdir()] == ["existing"]
 
 
+def tree(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder`, hidden ones included, by relative path, with its bytes."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [("nest", "holds DDPM_FOLDER"), ("nest/ddpm", "is DDPM_FOLDER"), ("nest/ddpm/converted", "is inside DDPM_FOLDER"),
+     (".", "is the current folder")],
+    ids=["output-holds-source", "output-is-source", "output-inside-source", "output-is-current-folder"],
+)
+def test_convert_refuses_an_output_whose_replacement_would_delete_the_source(
+    output, message, ddpm_folder, tmp_path, monkeypatch, capsys
+):
+    """Before: `convert nest/ddpm nest --overwrite` exited 0 after deleting nest/ddpm and nest/notes.txt, and
+    `convert ddpm . --overwrite` failed leaving a staging copy in the current folder. Now refused, nothing written."""
+    shutil.copytree(ddpm_folder, tmp_path / "nest" / "ddpm")
+    (tmp_path / "nest" / "notes.txt").write_text("unrelated")
+    monkeypatch.chdir(tmp_path / "nest" if output == "." else tmp_path)
+    source = str(tmp_path / "nest" / "ddpm") if output == "." else "nest/ddpm"
+    before = tree(tmp_path)
+    assert main(["convert", source, output, "--overwrite"]) == 2
+    line = error_line(capsys)
+    assert line.startswith(f"score-diffusers: error: OUTPUT_FOLDER {output} {message}")
+    assert tree(tmp_path) == before
+
+
+def test_convert_replaces_without_an_atomic_exchange_too(ddpm_folder, tmp_path, monkeypatch):
+    """Where the filesystem cannot swap two folders in one step, the old folder goes to a backup and then away."""
+    monkeypatch.setattr(cli, "_exchange", lambda first, second: False)
+    output = tmp_path / "existing"
+    output.mkdir()
+    (output / "keep.txt").write_text("old")
+    assert main(["convert", str(ddpm_folder), str(output), "--scheduler", "pf-euler", "--overwrite"]) == 0
+    assert scheduler_class_name(output) == "ProbabilityFlowScheduler" and not (output / "keep.txt").exists()
+    assert [path.name for path in tmp_path.iterdir()] == ["existing"]
+
+
+# Run in a child process: replace `output` the two-rename way and SIGKILL itself right after the first rename.
+KILLED_BETWEEN_RENAMES = """
+import os, signal, sys
+from pathlib import Path
+import score_diffusers.cli as cli
+cli._exchange = lambda first, second: False
+rename = Path.rename
+def rename_then_die(self, target):
+    result = rename(self, target)
+    if Path(target).name.endswith(".backup"):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return result
+Path.rename = rename_then_die
+cli.main(sys.argv[1:])
+"""
+
+
+def test_a_convert_killed_between_its_renames_is_recovered_by_the_next(ddpm_folder, tmp_path, capsys):
+    """Before: a kill between the two renames left no output folder, only hidden copies, and nothing found them.
+    Now the old folder is a known backup beside it that the next convert renames back, saying so."""
+    output = tmp_path / "existing"
+    output.mkdir()
+    (output / "keep.txt").write_text("old")
+    argv = ["convert", str(ddpm_folder), str(output), "--overwrite"]
+    command = [sys.executable, "-c", KILLED_BETWEEN_RENAMES, *argv]
+    child = subprocess.run(command, capture_output=True, timeout=300, check=False)
+    assert child.returncode == -signal.SIGKILL
+    left = sorted(path.name for path in tmp_path.iterdir())
+    assert left[0] == ".existing.backup" and left[1].startswith(".existing.partial-") and len(left) == 2
+
+    # Without --overwrite: the old folder is restored, then kept (the command refuses to replace it).
+    assert main(argv[:-1]) == 2
+    err = capsys.readouterr().err
+    assert "restored" in err and ".existing.backup" in err and "deleted .existing.partial-" in err
+    assert (output / "keep.txt").read_text() == "old"
+    assert [path.name for path in tmp_path.iterdir()] == ["existing"]
+
+
+def test_convert_deletes_what_a_save_killed_after_its_exchange_left(ddpm_folder, tmp_path, capsys):
+    """A kill after the atomic exchange leaves the new folder in place and the old one in a staging folder."""
+    output = tmp_path / "existing"
+    output.mkdir()
+    (output / "keep.txt").write_text("new")
+    (tmp_path / ".existing.partial-0123").mkdir()
+    (tmp_path / ".existing.partial-0123" / "old.txt").write_text("old")
+    (tmp_path / ".existing.backup").mkdir()
+    assert main(["convert", str(ddpm_folder), str(output)]) == 2
+    err = capsys.readouterr().err
+    assert "deleted .existing.partial-0123" in err and "deleted .existing.backup" in err
+    assert (output / "keep.txt").read_text() == "new"
+    assert [path.name for path in tmp_path.iterdir()] == ["existing"]
+
+
 # ---- sample ----------------------------------------------------------------------------------------------------------
 
 
@@ -158,6 +253,44 @@ def test_guidance_without_a_classifier_is_a_clear_error(ddpm_folder, tmp_path, c
     assert main([*argv, "--grid", str(tmp_path / "g.png")]) == 2
     assert "classifier" in error_line(capsys)
     assert not (tmp_path / "g.png").exists()
+
+
+@pytest.mark.parametrize(
+    "make_argv, message",
+    [
+        (lambda tmp: ["sample", "P", "--output_dir", str(tmp / "file.txt")], "it exists and is not a folder"),
+        (lambda tmp: ["sample", "P", "--output_dir", str(tmp / "file.txt" / "images")], "Not a directory"),
+        (lambda tmp: ["sample", "P", "--grid", str(tmp / "file.txt" / "grid.png")], "the folder of --grid"),
+        (lambda tmp: ["sample", "P", "--grid", str(tmp / "grid.unknown")], "no image format"),
+        (lambda tmp: ["sample", "P", "--grid", str(tmp)], "it is a folder"),
+        (lambda tmp: ["convert", "P", str(tmp / "file.txt" / "out")], "the folder of OUTPUT_FOLDER"),
+    ],
+    ids=["output-dir-is-a-file", "output-dir-under-a-file", "grid-under-a-file", "grid-suffix", "grid-is-a-folder",
+         "convert-under-a-file"],
+)
+def test_unwritable_outputs_are_refused_before_any_sampling(make_argv, message, tmp_path, monkeypatch, capsys):
+    """Before: output paths were checked after sampling, so an unwritable one threw the samples away."""
+    (tmp_path / "file.txt").write_text("a file, not a folder")
+
+    def load_pipeline(*args, **kwargs):
+        raise AssertionError("the pipeline was loaded before the output path was checked")
+
+    monkeypatch.setattr(cli, "load_pipeline", load_pipeline)
+    assert main(make_argv(tmp_path)) == 2
+    line = error_line(capsys)
+    assert line.startswith("score-diffusers: error: cannot write") and message in line
+
+
+def test_sample_creates_its_output_dir_before_sampling(tmp_path, monkeypatch):
+    created = []
+
+    def load_pipeline(*args, **kwargs):
+        created.append((tmp_path / "a" / "b").is_dir())
+        raise cli.CLIError("stop here")
+
+    monkeypatch.setattr(cli, "load_pipeline", load_pipeline)
+    assert main(["sample", "P", "--output_dir", str(tmp_path / "a" / "b")]) == 2
+    assert created == [True]
 
 
 # ---- likelihood ------------------------------------------------------------------------------------------------------
