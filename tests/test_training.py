@@ -9,6 +9,7 @@ and `--push_to_hub` runs in-process with the Hub client's functions replaced by 
 from __future__ import annotations
 
 import importlib.util
+import math
 import os
 import shutil
 import subprocess
@@ -368,6 +369,9 @@ def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch):
         ("train_score_sde", ["--sde", "vpp"], "invalid choice: 'vpp'"),
         ("train_score_sde", ["--weighting", "elbo"], "invalid choice: 'elbo'"),
         ("train_ncsn", ["--max_train_steps", "0"], "--max_train_steps must be >= 1; got 0"),
+        # Before: -1 pruned every checkpoint, the one just written included.
+        ("train_ncsn", ["--checkpoints_total_limit", "-1"], "--checkpoints_total_limit must be >= 1; got -1"),
+        ("train_score_sde", ["--checkpoints_total_limit", "0"], "--checkpoints_total_limit must be >= 1; got 0"),
         ("train_score_sde", ["--importance_sampling"], "--importance_sampling needs --weighting likelihood"),
         ("train_score_sde", ["--num_inference_steps", "0"], "--num_inference_steps must be >= 1"),
         ("train_classifier", ["--pretrained_model_name_or_path", "/"], "is not a saved pipeline folder"),
@@ -382,6 +386,63 @@ def test_bad_arguments_fail_before_training(script, args, message, tmp_path, cap
     stderr = capsys.readouterr().err
     assert "error: " in stderr and message in stderr
     assert not output_dir.exists()
+
+
+def test_save_checkpoint_refuses_a_limit_that_would_prune_the_new_checkpoint(tmp_path):
+    from training.checkpoints import save_checkpoint
+
+    (tmp_path / "checkpoint-1").mkdir()
+    for limit in (0, -1):
+        with pytest.raises(ValueError, match="`checkpoints_total_limit` must be an integer >= 1"):
+            save_checkpoint(None, None, tmp_path, 2, limit)
+    assert [path.name for path in tmp_path.iterdir()] == ["checkpoint-1"]
+
+
+def test_a_run_whose_loss_turns_nan_stops_naming_the_step_and_saves_nothing_from_it(tmp_path):
+    """Before: a NaN loss went on into NaN checkpoints and a NaN final pipeline, saved as if good. Now the run stops
+    at the first non-finite loss, before its optimizer step, and the checkpoint before it is left as it was."""
+    from training.loop import TrainingDivergedError
+
+    module = load_script("train_ncsn")
+    make_loss, losses = module.make_loss, []
+
+    def make_poisoned_loss(convention, device):
+        loss_fn = make_loss(convention, device)
+
+        def poisoned(unet, batch, generator):
+            loss, extra = loss_fn(unet, batch, generator)
+            losses.append(loss.item())
+            # From the third step on, NaN: its gradients are NaN too.
+            return (loss * math.nan if len(losses) >= 3 else loss), extra
+
+        return poisoned
+
+    module.make_loss = make_poisoned_loss
+    output_dir = tmp_path / "out"
+    argv = ["--output_dir", str(output_dir), *NCSN_RUN, "--max_train_steps", "6", "--logger", "none"]
+    with pytest.raises(TrainingDivergedError, match="the loss is nan at step 3") as raised:
+        module.main(argv)
+    assert "the last good checkpoint is " + str(output_dir / "checkpoint-2") in str(raised.value)
+    assert len(losses) == 3 and all(math.isfinite(loss) for loss in losses)
+    # No checkpoint after step 2, no final pipeline, and checkpoint-2 finite.
+    assert sorted(path.name for path in output_dir.glob("*checkpoint-*")) == ["checkpoint-2"]
+    assert not (output_dir / "model_index.json").exists() and not (output_dir / "unet").exists()
+    weights = load_file(output_dir / "checkpoint-2" / "model.safetensors")
+    assert weights and all(bool(torch.isfinite(tensor).all()) for tensor in weights.values())
+
+
+def test_non_finite_weights_are_never_checkpointed(tmp_path):
+    """A finite loss can still leave inf weights (an overflowing update): the check before every save catches it."""
+    from accelerate import Accelerator
+    from training.loop import TrainingDivergedError, check_weights_finite
+
+    accelerator = Accelerator(cpu=True)
+    model = torch.nn.Linear(2, 2)
+    check_weights_finite(accelerator, model, None, tmp_path, 5)
+    with torch.no_grad():
+        model.weight[0, 0] = math.inf
+    with pytest.raises(TrainingDivergedError, match=r"NaN or infinite after step 5\. .*no checkpoint had been written"):
+        check_weights_finite(accelerator, model, None, tmp_path, 5)
 
 
 def test_bad_argument_through_accelerate_launch_is_quick_and_clear(tmp_path):

@@ -119,7 +119,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
         "--checkpointing_steps", type=int, default=500, help="Save a resumable checkpoint every this many steps."
     )
     io.add_argument(
-        "--checkpoints_total_limit", type=int, default=None, help="Keep at most this many checkpoints (oldest go)."
+        "--checkpoints_total_limit",
+        type=int,
+        default=None,
+        help="Keep at most this many checkpoints, >= 1 (oldest go; default: keep all).",
     )
     io.add_argument(
         "--resume_from_checkpoint",

@@ -13,6 +13,8 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
 
+from score_diffusers.checks import check_int
+
 logger = get_logger(__name__, log_level="INFO")
 
 CHECKPOINT_PREFIX = "checkpoint-"
@@ -58,8 +60,12 @@ def save_checkpoint(accelerator: Accelerator, ema: EMAModel | None, output_dir: 
     """`accelerator.save_state` into a temporary folder, renamed to `checkpoint-<step>` once complete.
 
     A save that is interrupted leaves only the temporary folder, which resumption ignores, so the last good
-    checkpoint is never replaced by a partial one. Old checkpoints beyond `limit` are pruned afterwards.
+    checkpoint is never replaced by a partial one. Old checkpoints beyond `limit` (>= 1, or None to keep all) are
+    pruned afterwards, never the one just written.
     """
+    if limit is not None:
+        # A limit below 1 would prune the checkpoint just written (`[:-limit]` of a negative limit counts forward).
+        check_int("checkpoints_total_limit", limit, 1)
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     partial = output_dir / f".{final.name}.partial"
     if accelerator.is_main_process and partial.exists():

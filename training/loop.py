@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .arguments import config_for_logging
-from .checkpoints import load_ema, resolve_resume_checkpoint, save_checkpoint
+from .checkpoints import list_checkpoints, load_ema, resolve_resume_checkpoint, save_checkpoint
 from .data import EpochBatchSampler, ImageBatchDataset, check_batch_size, micro_batches
 from .samples import GridFunction, save_sample_grid
 
@@ -84,6 +85,39 @@ def uniform_times(batch_size: int, eps: float, generator: torch.Generator, devic
     return eps + (1 - eps) * torch.rand(batch_size, generator=generator, device=device)
 
 
+class TrainingDivergedError(RuntimeError):
+    """The loss or the weights turned NaN or infinite while training. The message names the step; nothing was saved
+    from it on, so the last checkpoint written before it holds the last good weights."""
+
+
+def _finite_on_every_process(accelerator: Accelerator, finite: bool) -> bool:
+    """Whether `finite` holds on every process: all of them stop together, none waits on the others forever."""
+    flags = accelerator.gather(torch.tensor([float(finite)], device=accelerator.device))
+    return bool(flags.all())
+
+
+def _diverged(output_dir: Path, what: str) -> TrainingDivergedError:
+    """The error for a run whose `what` turned non-finite, naming the last good checkpoint in `output_dir`."""
+    checkpoints = list_checkpoints(output_dir)
+    kept = f"the last good checkpoint is {checkpoints[-1][1]}" if checkpoints else "no checkpoint had been written"
+    return TrainingDivergedError(
+        f"training diverged: {what}. Nothing was saved from this step on; {kept}. "
+        "Try a lower --learning_rate or --max_grad_norm, or check the data for NaN."
+    )
+
+
+def check_weights_finite(
+    accelerator: Accelerator, model: torch.nn.Module, ema: EMAModel | None, output_dir: Path, step: int
+) -> None:
+    """Raise `TrainingDivergedError` if a weight of `model` or of its EMA is NaN or infinite after `step`: what
+    is about to be saved must be finite."""
+    tensors = [*model.parameters(), *(ema.shadow_params if ema is not None else ())]
+    # Element by element, not `all_finite`'s one sum: huge but finite weights must not overflow it into a false alarm.
+    finite = all(bool(torch.isfinite(tensor.detach()).all()) for tensor in tensors)
+    if not _finite_on_every_process(accelerator, finite):
+        raise _diverged(output_dir, f"the weights (or their EMA) are NaN or infinite after step {step}")
+
+
 @dataclass
 class TrainingResult:
     """The trained model (EMA weights if kept), how far it got and how fast."""
@@ -109,6 +143,10 @@ def train(
     AdamW with a Diffusers learning-rate schedule, gradient accumulation and clipping, optional EMA with warm-up,
     TensorBoard scalars, a tqdm bar, resumable atomic checkpoints and a sample grid from `grid_fn` every
     `--save_images_steps`. Returns the unwrapped model, carrying the EMA weights when `--use_ema`.
+
+    A NaN or infinite loss (before its optimizer step), or NaN or infinite weights (before a checkpoint and at the
+    end), stop the run with `TrainingDivergedError` naming the step: no checkpoint or final model is ever written
+    from non-finite weights, and the checkpoints already written are left as they are.
     """
     output_dir = Path(args.output_dir)
     sampler = EpochBatchSampler(
@@ -160,6 +198,7 @@ def train(
     while global_step < max_train_steps:
         step_start = time.perf_counter()
         scalars: dict[str, float] = {}
+        losses = []
         for micro in range(args.gradient_accumulation_steps):
             batch = next(stream)
             last_micro = micro == args.gradient_accumulation_steps - 1
@@ -170,9 +209,14 @@ def train(
                 with accelerator.autocast():
                     loss, extra = loss_fn(model, batch, generator)
                 accelerator.backward(loss / args.gradient_accumulation_steps)
-            scalars["loss"] = scalars.get("loss", 0.0) + loss.detach().item() / args.gradient_accumulation_steps
+            losses.append(loss.detach().item())
             scalars.update(extra)
             images_seen += batch["images"].shape[0] * accelerator.num_processes
+        scalars["loss"] = sum(losses) / args.gradient_accumulation_steps
+        # Before the optimizer step, so the weights in memory (and everything saved) stay finite.
+        if not _finite_on_every_process(accelerator, all(map(math.isfinite, losses))):
+            value = f"{scalars['loss']}" if accelerator.num_processes == 1 else "not finite on at least one process"
+            raise _diverged(output_dir, f"the loss is {value} at step {global_step + 1}")
         if args.max_grad_norm > 0:
             scalars["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm))
         optimizer.step()
@@ -189,6 +233,7 @@ def train(
         accelerator.log(scalars, step=global_step)
 
         if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
+            check_weights_finite(accelerator, accelerator.unwrap_model(model), ema, output_dir, global_step)
             save_checkpoint(accelerator, ema, output_dir, global_step, args.checkpoints_total_limit)
         if grid_fn is not None and global_step % grid_every == 0 and global_step < max_train_steps:
             with ema_weights(accelerator.unwrap_model(model), ema):
@@ -204,6 +249,8 @@ def train(
     accelerator.wait_for_everyone()
 
     final = accelerator.unwrap_model(model)
+    # The scripts save what this returns.
+    check_weights_finite(accelerator, final, ema, output_dir, global_step)
     if ema is not None:
         ema.copy_to(final.parameters())
     final.eval()
