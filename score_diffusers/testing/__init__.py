@@ -5,11 +5,13 @@ Pure PyTorch (no Diffusers): `ExactScoreModel` answers a sampling loop exactly u
 
 from .loops import noise, prior_sample, run_loop, run_sampler
 from .metrics import component_spreads, log_density_gap, mode_weight_tv, mode_weights, quality_report, sliced_wasserstein
-from .mixtures import ExactScoreModel, GaussianMixture
+from .mixtures import ExactScoreModel, ExactScoreUNet, GaussianMixture, GaussianMixturePosterior
 
 __all__ = [
     "ExactScoreModel",
+    "ExactScoreUNet",
     "GaussianMixture",
+    "GaussianMixturePosterior",
     "component_spreads",
     "log_density_gap",
     "mode_weight_tv",

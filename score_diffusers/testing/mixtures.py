@@ -133,3 +133,81 @@ class ExactScoreModel:
         t = self.convention.time(torch.as_tensor(timestep).detach().cpu())
         alpha, sigma = self.convention.coefficients(t)
         return self.convention.output_from_score(self.mixture.score(x, alpha, sigma), sigma.to(x.dtype))
+
+
+
+class _Config(dict):
+    """A config dict whose keys read as attributes too, like Diffusers' `FrozenDict`."""
+
+    def __getattr__(self, name: str):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+class ExactScoreUNet(torch.nn.Module):
+    """`ExactScoreModel` as a 'unet' over images of shape `sample_shape` (channels, height, width) flattened to the
+    mixture's dimension, with the `config` (`sample_size`, `in_channels`) and `device` that pipelines read, so a
+    pipeline can be driven by the exact score. Differentiable in the sample.
+
+    Args:
+        mixture (`GaussianMixture`): p₀, of dimension channels × height × width.
+        convention (`ModelConvention` or a score scheduler): the model's conventions.
+        sample_shape (`tuple[int, int, int]`): (channels, height, width).
+    """
+
+    device = torch.device("cpu")
+
+    def __init__(self, mixture: GaussianMixture, convention, sample_shape: tuple[int, int, int]):
+        super().__init__()
+        if math.prod(sample_shape) != mixture.dim:
+            raise ValueError(f"`sample_shape` {sample_shape} must hold the mixture's {mixture.dim} dimensions.")
+        self.config = _Config(sample_size=tuple(sample_shape[1:]), in_channels=sample_shape[0])
+        self.exact = ExactScoreModel(mixture, convention)
+
+    def forward(self, sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        return self.exact(sample.reshape(sample.shape[0], -1), timestep).reshape(sample.shape)
+
+class GaussianMixturePosterior:
+    """p(x₀ | y) for p₀ a `GaussianMixture` and y = A x₀ + σ_y·z: a mixture again, in closed form.
+
+    With S_k = s_k²AAᵀ + σ_y²I, component k has weight ∝ w_k·N(y; Aμ_k, S_k), mean m_k = μ_k + K_k(y − Aμ_k) and
+    covariance C_k = s_k²(I − K_k A), K_k = s_k²AᵀS_k⁻¹ (the Kalman update; σ_y = 0 needs A of full row rank).
+
+    Args:
+        mixture (`GaussianMixture`): the prior p₀.
+        matrix (`torch.Tensor` of shape `(m, dim)`): A.
+        measurement (`torch.Tensor` of shape `(m,)`): y.
+        noise_std (`float`): σ_y ≥ 0.
+    """
+
+    def __init__(self, mixture: GaussianMixture, matrix: torch.Tensor, measurement: torch.Tensor, noise_std: float):
+        A = torch.as_tensor(matrix, dtype=torch.float64)
+        y = torch.as_tensor(measurement, dtype=torch.float64).flatten()
+        eye_m, eye_d = torch.eye(A.shape[0], dtype=torch.float64), torch.eye(A.shape[1], dtype=torch.float64)
+        variances = mixture.stds**2
+        log_weights, means, covariances = [], [], []
+        for k in range(mixture.num_components):
+            innovation_cov = variances[k] * A @ A.T + noise_std**2 * eye_m
+            residual = y - A @ mixture.means[k]
+            log_weights.append(
+                mixture.weights[k].log() + torch.distributions.MultivariateNormal(
+                    A @ mixture.means[k], innovation_cov).log_prob(y)
+            )
+            gain = variances[k] * torch.linalg.solve(innovation_cov, A).T
+            means.append(mixture.means[k] + gain @ residual)
+            covariance = variances[k] * (eye_d - gain @ A)
+            covariances.append(0.5 * (covariance + covariance.T))
+        self.weights = torch.softmax(torch.stack(log_weights), dim=0)
+        self.means = torch.stack(means)
+        self.covariances = torch.stack(covariances)
+        # A square root of each C_k (C_k is singular for σ_y = 0: eigenvalues clamped at 0).
+        eigenvalues, eigenvectors = torch.linalg.eigh(self.covariances)
+        self._roots = eigenvectors * eigenvalues.clamp_min(0).sqrt()[:, None, :]
+
+    def sample(self, num_samples: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`num_samples` draws (float64, shape `(num_samples, dim)`) and their posterior component labels."""
+        labels = torch.multinomial(self.weights, num_samples, replacement=True, generator=generator)
+        noise = torch.randn(num_samples, self.means.shape[1], generator=generator, dtype=torch.float64)
+        return self.means[labels] + torch.einsum("nij,nj->ni", self._roots[labels], noise), labels
