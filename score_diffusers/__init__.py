@@ -1,7 +1,7 @@
 """score_diffusers: score-based generative modeling in the Hugging Face Diffusers ecosystem.
 
 The top level imports its parts lazily, as Diffusers does: `import score_diffusers.sde`, `.conventions`,
-`.sampling` and `.testing` load neither Diffusers nor transformers, and `from score_diffusers import X` loads only
+`.sampling`, `.operators` and `.testing` load neither Diffusers nor transformers, and `from score_diffusers import X` loads only
 the module that defines X.
 """
 
@@ -30,6 +30,16 @@ _EXPORTS: dict[str, str] = {
     "encode": "likelihood",
     "decode": "likelihood",
     "ScoreGuidedPipeline": "pipelines",
+    "ScoreImg2ImgPipeline": "pipelines",
+    "ScoreInpaintPipeline": "pipelines",
+    "ScoreInverseProblemPipeline": "pipelines",
+    "InverseProblemPipelineOutput": "pipelines",
+    "LinearOperator": "operators",
+    "MaskOperator": "operators",
+    "ChannelMixOperator": "operators",
+    "AveragePoolOperator": "operators",
+    "MatrixOperator": "operators",
+    "grayscale_operator": "operators",
     "EpsilonToScore": "models",
     "NoiseConditionalClassifier": "models",
     "DenoisedInputClassifier": "models",
@@ -42,7 +52,21 @@ if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` impor
     from .conventions import ModelConvention  # noqa: F401
     from .likelihood import LikelihoodOutput, decode, encode, log_likelihood  # noqa: F401
     from .models import DenoisedInputClassifier, EpsilonToScore, NoiseConditionalClassifier  # noqa: F401
-    from .pipelines import ScoreGuidedPipeline  # noqa: F401
+    from .operators import (  # noqa: F401
+        AveragePoolOperator,
+        ChannelMixOperator,
+        LinearOperator,
+        MaskOperator,
+        MatrixOperator,
+        grayscale_operator,
+    )
+    from .pipelines import (  # noqa: F401
+        InverseProblemPipelineOutput,
+        ScoreGuidedPipeline,
+        ScoreImg2ImgPipeline,
+        ScoreInpaintPipeline,
+        ScoreInverseProblemPipeline,
+    )
     from .schedulers import (  # noqa: F401
         AnnealedLangevinScheduler,
         PredictorCorrectorScheduler,

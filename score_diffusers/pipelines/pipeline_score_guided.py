@@ -13,8 +13,6 @@ from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, Literal
 
-import numpy as np
-import PIL.Image
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.pipeline_utils import DiffusionPipeline, ImagePipelineOutput
@@ -26,6 +24,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from ..checks import check_choice, check_number, check_positive_int
 from ..conventions import config_source
 from ..models.denoised_input import as_guidance_classifier
+from .image_processing import ImageInput, images_to_tensor
 from ..sampling.adaptive import adaptive_reverse_sde
 from ..schedulers import ScoreSchedulerMixin, build_scheduler, default_scheduler_name
 from ..schedulers.registry import scheduler_class_names
@@ -298,6 +297,28 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         Returns:
             [`~pipelines.ImagePipelineOutput`] with `images`, or the tuple `(images,)`.
         """
+        tensor_inputs = self._check_call_arguments(batch_size, output_type, generator, callback_on_step_end,
+                                                   callback_on_step_end_tensor_inputs)
+        device = self._execution_device
+        labels = self._prepare_class_labels(class_labels, guidance_scale, batch_size, device)
+        sample = self._initial_noise(batch_size, generator, device)
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        classifier = None if self.classifier is None else as_guidance_classifier(self.classifier)
+
+        def model_output_fn(model_input, timestep, alpha, sigma):
+            return self._model_output(model_input, timestep, alpha, sigma, labels, guidance_scale, classifier)
+
+        sample = self._sampling_loop(sample, model_output_fn, generator, callback_on_step_end, tensor_inputs)
+        image = self._to_images(sample, output_type)
+        self.maybe_free_model_hooks()
+        if not return_dict:
+            return (image,)
+        return ImagePipelineOutput(images=image)
+
+    def _check_call_arguments(
+        self, batch_size: int, output_type: str, generator, callback_on_step_end, tensor_inputs: list[str] | None
+    ) -> list[str]:
+        """Validate the arguments every sampling call shares; return the callback's tensor names."""
         check_positive_int("batch_size", batch_size)
         check_choice("output_type", output_type, OUTPUT_TYPES)
         if isinstance(generator, list) and len(generator) != batch_size:
@@ -305,45 +326,59 @@ class ScoreGuidedPipeline(DiffusionPipeline):
                 f"`generator` must be one generator or a list of `batch_size`={batch_size}; got a list of "
                 f"{len(generator)}."
             )
+        if generator is not None and not isinstance(generator, (torch.Generator, list)):
+            raise ValueError(f"`generator` must be a `torch.Generator` or a list of them; got {type(generator).__name__}.")
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
-            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
-        callback_on_step_end_tensor_inputs = callback_on_step_end_tensor_inputs or ["sample"]
-        for name in callback_on_step_end_tensor_inputs:
+            tensor_inputs = callback_on_step_end.tensor_inputs
+        tensor_inputs = tensor_inputs or ["sample"]
+        for name in tensor_inputs:
             check_choice("callback_on_step_end_tensor_inputs", name, tuple(self._callback_tensor_inputs))
-        device = self._execution_device
-        labels = self._prepare_class_labels(class_labels, guidance_scale, batch_size, device)
+        return tensor_inputs
 
-        sample = self._initial_noise(batch_size, generator, device)
-
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
-        classifier = None if self.classifier is None else as_guidance_classifier(self.classifier)
-        for step_index, timestep in enumerate(self.progress_bar(self.scheduler.timesteps)):
-            model_input = self.scheduler.scale_model_input(sample, timestep)
-            grid, entry = self.scheduler.grid, self.scheduler.step_index
-            alpha, sigma = float(grid.alphas[entry]), float(grid.sigmas[entry])
-            model_output = self._model_output(model_input, timestep, alpha, sigma, labels, guidance_scale, classifier)
-            step = self.scheduler.step(model_output, timestep, sample, generator=generator)
+    def _sampling_loop(
+        self,
+        sample: torch.Tensor,
+        model_output_fn: Callable[[torch.Tensor, torch.Tensor, float, float], torch.Tensor],
+        generator,
+        callback_on_step_end,
+        tensor_inputs: list[str],
+        after_step: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Diffusers' loop over `scheduler.timesteps` from the scheduler's `begin_index`: one
+        `model_output_fn(model_input, timestep, α, σ)` per entry (α, σ of the entry's grid point), one `step`, then
+        `after_step(sample, entry)` where given (the sample then stands at `grid.next_*[entry]`) and the callback."""
+        scheduler = self.scheduler
+        for step_index, timestep in enumerate(self.progress_bar(scheduler.timesteps[scheduler.begin_index:])):
+            model_input = scheduler.scale_model_input(sample, timestep)
+            grid, entry = scheduler.grid, scheduler.step_index
+            model_output = model_output_fn(model_input, timestep, float(grid.alphas[entry]), float(grid.sigmas[entry]))
+            step = scheduler.step(model_output, timestep, sample, generator=generator)
             sample = step.prev_sample
+            if after_step is not None:
+                sample = after_step(sample, entry)
             if callback_on_step_end is not None:
                 tensors = {"sample": sample, "pred_original_sample": step.pred_original_sample}
-                callback_kwargs = {name: tensors[name] for name in callback_on_step_end_tensor_inputs}
+                callback_kwargs = {name: tensors[name] for name in tensor_inputs}
                 callback_outputs = callback_on_step_end(self, step_index, timestep, callback_kwargs)
                 sample = callback_outputs.pop("sample", sample)
+        return sample
 
-        image = self._to_images(sample, output_type)
-        self.maybe_free_model_hooks()
-        if not return_dict:
-            return (image,)
-        return ImagePipelineOutput(images=image)
+    def _sample_size(self) -> tuple[int, int]:
+        """(height, width) of the unet's samples."""
+        size = self.unet.config.sample_size
+        return (size, size) if isinstance(size, int) else tuple(size)
+
+    def _sample_dtype(self) -> torch.dtype:
+        return next(self.unet.parameters(), torch.empty(0)).dtype
+
+    def _standard_normal(self, batch_size: int, generator, device: torch.device) -> torch.Tensor:
+        """Standard normal noise of the unet's sample shape and dtype (one draw per generator of a list)."""
+        shape = (batch_size, self.unet.config.in_channels, *self._sample_size())
+        return randn_tensor(shape, generator=generator, device=device, dtype=self._sample_dtype())
 
     def _initial_noise(self, batch_size: int, generator, device: torch.device) -> torch.Tensor:
         """x_T: standard normal noise of the unet's sample shape times `init_noise_sigma`, in the unet's dtype."""
-        config = self.unet.config
-        size = config.sample_size
-        size = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (batch_size, config.in_channels, *size)
-        dtype = next(self.unet.parameters(), torch.empty(0)).dtype
-        return randn_tensor(shape, generator=generator, device=device, dtype=dtype) * self.scheduler.init_noise_sigma
+        return self._standard_normal(batch_size, generator, device) * self.scheduler.init_noise_sigma
 
     def _to_images(self, sample: torch.Tensor, output_type: str):
         """Samples in [−1, 1] as `output_type` images in [0, 1]."""
@@ -401,33 +436,23 @@ class ScoreGuidedPipeline(DiffusionPipeline):
 
     # ---- likelihood ----------------------------------------------------------------------------------------------
 
-    def _images_to_samples(self, images: PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] (PIL, `(batch, height, width, channels)` array, `(batch, channels, height, width)` tensor)
-        → float32 samples in the unet's [−1, 1] space, shape `(batch, channels, height, width)`."""
-        if isinstance(images, PIL.Image.Image):
-            images = [images]
-        if isinstance(images, list):
-            arrays = [np.asarray(image, dtype=np.float32) / 255.0 for image in images]
-            images = np.stack([array[..., None] if array.ndim == 2 else array for array in arrays])
-        if isinstance(images, np.ndarray):
-            images = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
-        if not isinstance(images, torch.Tensor) or images.ndim != 4:
-            raise ValueError(
-                "`images` must be a PIL image, a list of them, an array of shape (batch, height, width, channels) or "
-                "a tensor of shape (batch, channels, height, width)."
-            )
+    def _images_to_samples(self, images: ImageInput, argument: str = "images") -> torch.Tensor:
+        """Images in [0, 1] (see `images_to_tensor`) → float32 samples in the unet's [−1, 1] space, shape
+        `(batch, channels, height, width)`, on the execution device; the channels and size must be the unet's."""
+        images = images_to_tensor(images, argument)
         if images.shape[1] != self.unet.config.in_channels:
             raise ValueError(
-                f"`images` must have {self.unet.config.in_channels} channels like the unet; got {images.shape[1]}."
+                f"`{argument}` must have {self.unet.config.in_channels} channels like the unet; got {images.shape[1]}."
             )
-        images = images.float()
-        if not bool(torch.isfinite(images).all()) or images.min() < 0 or images.max() > 1:
+        expected = self._sample_size()
+        if tuple(images.shape[2:]) != expected:
             raise ValueError(
-                f"`images` must hold values in [0, 1]; got the range [{float(images.min())}, {float(images.max())}]."
+                f"`{argument}` must be {expected[0]} × {expected[1]} (height × width) like the unet's `sample_size`; "
+                f"got {images.shape[2]} × {images.shape[3]}."
             )
         return (images * 2 - 1).to(self._execution_device)
 
-    def log_likelihood(self, images: PIL.Image.Image | list[PIL.Image.Image] | np.ndarray | torch.Tensor, **kwargs):
+    def log_likelihood(self, images: ImageInput, **kwargs):
         """Exact log-likelihood of images under the probability-flow ODE of this pipeline's model and scheduler.
 
         Args:
