@@ -26,6 +26,7 @@ model must treat the samples of a batch independently (e.g. `eval()` mode).
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, TypedDict
@@ -60,6 +61,12 @@ EIGHT_BIT_LEVELS = 256
 _MAX_LEVEL = EIGHT_BIT_LEVELS - 1
 # Slack, relative to the width of `data_range`, for float round-off at the range's ends.
 _RANGE_SLACK = 1e-6
+# Floating dtypes the ODE is never integrated in: with 8 (bfloat16) or 11 (float16) significant bits the state and the
+# divergence integral are off by tenths of a bit per dimension, and float16 times stop torchdiffeq (NaN) and SciPy.
+HALF_PRECISION: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
+# The exact divergence takes D backward passes per evaluation (Hutchinson: `num_probes`); above this D a warning
+# says so: at a few hundred evaluations per solve that is hours for an image model where Hutchinson takes seconds.
+EXACT_DIVERGENCE_WARN_DIM = 1024
 
 
 def eight_bit_offset(data_range: tuple[float, float]) -> float:
@@ -209,11 +216,14 @@ def _drift_and_divergence(
         flat = drift.reshape(batch, -1)
         # Samples are independent, so one backward pass of a batch sum gives every sample's own derivatives.
         if probes is None:
+            # Σ_i ∂F_i/∂x_i: each gradient's diagonal entry is copied out and the gradient dropped (keeping the D
+            # gradients, each `(batch, D)`, until the sum held batch·D² values); one sum at the end, not a running
+            # one, whose float32 round-off grows with D.
             dim = flat.shape[1]
-            diagonal = [
-                _input_grad(flat[:, i].sum(), x, retain=i < dim - 1).reshape(batch, -1)[:, i] for i in range(dim)
-            ]
-            divergence = torch.stack(diagonal, dim=1).sum(dim=1, keepdim=True)
+            diagonal = flat.new_empty(batch, dim)
+            for i in range(dim):
+                diagonal[:, i] = _input_grad(flat[:, i].sum(), x, retain=i < dim - 1).reshape(batch, -1)[:, i]
+            divergence = diagonal.sum(dim=1, keepdim=True)
         else:
             num_probes = probes.shape[1]
             estimates = [
@@ -368,17 +378,59 @@ def _convention_of(scheduler: ConventionLike) -> ModelConvention:
     return convention
 
 
-def _checked_samples(samples: Any, name: str, dtype: torch.dtype | None) -> torch.Tensor:
-    """`samples` as a batch-first floating tensor in `dtype` (default: its own floating dtype)."""
+def _model_sample_shape(model: Any) -> tuple[int, ...] | None:
+    """`(in_channels, height, width)` of the samples a model's config declares (a Diffusers `UNet2DModel`'s
+    `in_channels` and `sample_size`, an int or a pair); None for a model without them."""
+    config = getattr(model, "config", None)
+    channels, size = getattr(config, "in_channels", None), getattr(config, "sample_size", None)
+    if not isinstance(channels, int) or size is None:
+        return None
+    return (channels, *((size, size) if isinstance(size, int) else tuple(size)))
+
+
+def _check_model_shape(model: Any, samples: torch.Tensor, name: str) -> None:
+    """Refuse `samples` of another shape than `(batch, in_channels, *sample_size)` where the model's config declares
+    it: a convolutional network runs on other sizes too, but its density there is not the one it was trained for."""
+    expected = _model_sample_shape(model)
+    if expected is None or tuple(samples.shape[1:]) == expected:
+        return
+    hint = ""
+    if tuple(samples.shape[1:]) == expected[1:]:
+        hint = f"; they have no channel dimension: add it with `{name}[:, None]`"
+    raise ValueError(
+        f"`{name}` of shape {tuple(samples.shape)} do not fit the model, which takes "
+        f"(batch, {', '.join(map(str, expected))}) (its config's in_channels and sample_size){hint}."
+    )
+
+
+def _checked_samples(samples: Any, name: str, dtype: torch.dtype | None, model: Any = None) -> torch.Tensor:
+    """`samples` as a batch-first floating tensor in `dtype` (default: its own floating dtype, float32 for half
+    precision), of the shape `model`'s config declares, if it declares one."""
     if not isinstance(samples, torch.Tensor):
         raise ValueError(f"`{name}` must be a torch.Tensor of shape (batch, *dims); got {type(samples).__name__}.")
-    if samples.ndim < 2 or samples.shape[0] == 0 or samples[0].numel() == 0:
+    if samples.ndim >= 1 and samples.shape[0] == 0:
+        raise ValueError(f"`{name}` is an empty batch (shape {tuple(samples.shape)}); give at least one sample.")
+    if samples.ndim < 2 or samples[0].numel() == 0:
         raise ValueError(
             f"`{name}` must be batch-first with shape (batch, *dims), batch >= 1 and at least one value per sample; "
             f"got shape {tuple(samples.shape)} (add a batch dimension with `{name}[None]`)."
         )
+    _check_model_shape(model, samples, name)
     if dtype is not None and not dtype.is_floating_point:
         raise ValueError(f"`dtype` must be a floating dtype such as torch.float64; got {dtype}.")
+    if dtype in HALF_PRECISION:
+        raise ValueError(
+            f"`dtype` {dtype} is too coarse to integrate the ODE (its state and the divergence integral lose whole "
+            "tenths of a bit per dimension, or the solve stops); use torch.float32 or torch.float64. The model "
+            "still runs in its own dtype."
+        )
+    if dtype is None and samples.dtype in HALF_PRECISION:
+        warnings.warn(
+            f"`{name}` are {samples.dtype}, too coarse to integrate the ODE in; integrating in torch.float32 instead "
+            "(results are float32; the model still runs in its own dtype). Pass dtype=torch.float32 to say so.",
+            stacklevel=3,
+        )
+        dtype = torch.float32
     dtype = dtype or (samples.dtype if samples.is_floating_point() else torch.get_default_dtype())
     samples = samples.detach().to(dtype)
     if not bool(torch.isfinite(samples).all()):
@@ -489,13 +541,16 @@ def log_likelihood(
         scheduler (`ModelConvention` or a score scheduler): the model's convention (a scheduler's `convention`):
             the SDE, ε and the time and prediction conventions. A DDPM checkpoint's converts with
             `ModelConvention.from_config(ddpm_scheduler.config)`.
-        samples (`torch.Tensor` of shape `(batch, *dims)`): the points x; D = prod(dims).
+        samples (`torch.Tensor` of shape `(batch, *dims)`): the points x, batch >= 1; D = prod(dims). A model
+            whose config has `in_channels` and `sample_size` (a `UNet2DModel`) takes only dims =
+            `(in_channels, *sample_size)`.
         data_range (`tuple[float, float]`, *optional*): declares `samples` to be 8-bit image data scaled to
             [low, high] (level k ↦ low + (high − low)·k/255). Samples outside raise; `bits_per_dim` is then reported
             on the 8-bit scale (`eight_bit_offset`: +7 for [−1, 1], +8 for [0, 1]).
         dequantize (`bool`, defaults to `False`): replace level k by (k + u)/256 scaled to `data_range`,
             u ~ U[0, 1) from `generator`, as score_sde does; needs `data_range`.
-        divergence (`str`, defaults to `"hutchinson"`): `"exact"` (D backward passes per evaluation) or
+        divergence (`str`, defaults to `"hutchinson"`): `"exact"` (D backward passes per evaluation, one gradient
+            held at a time, so the memory of one backward pass; a warning above `EXACT_DIVERGENCE_WARN_DIM`) or
             `"hutchinson"` (`num_probes` backward passes).
         probe (`str`, defaults to `"rademacher"`): Hutchinson probe law, `"rademacher"` or `"gaussian"`.
         num_probes (`int`, defaults to 1): probes per sample, fixed for the whole solve and averaged; ignored by
@@ -508,7 +563,8 @@ def log_likelihood(
             `"DOP853"` (solved in float64 NumPy, converted at every evaluation).
         num_steps (`int`, *optional*): steps of a fixed-grid method (required by those, refused by the others).
         dtype (`torch.dtype`, *optional*): dtype of the integration (e.g. `torch.float64`); defaults to the
-            samples'. The model still runs in its own dtype.
+            samples', float32 (with a warning) for float16 or bfloat16 samples; half precision itself is refused
+            (`HALF_PRECISION`). The model still runs in its own dtype.
         batch_size (`int`, *optional*): solve in independent chunks of this many samples (all at once by default).
             Random draws do not depend on it; an adaptive solver's steps do, within its tolerances.
         generator (`torch.Generator` or `list[torch.Generator]`, *optional*): source of the dequantisation noise,
@@ -520,7 +576,7 @@ def log_likelihood(
         and `prior_log_prob`.
     """
     convention = _convention_of(scheduler)
-    samples = _checked_samples(samples, "samples", dtype)
+    samples = _checked_samples(samples, "samples", dtype, model)
     check_choice("divergence", divergence, DIVERGENCES)
     check_choice("probe", probe, PROBES)
     check_positive_int("num_probes", num_probes)
@@ -536,6 +592,14 @@ def log_likelihood(
 
     batch, dims = samples.shape[0], samples.shape[1:]
     dim = samples[0].numel()
+    if divergence == "exact" and dim > EXACT_DIVERGENCE_WARN_DIM:
+        warnings.warn(
+            f"The exact divergence takes D = {dim} backward passes through the model per evaluation of the ODE "
+            f"(Hutchinson: num_probes = {num_probes}); its memory is that of one backward pass, but a solve of a few "
+            "hundred evaluations may take hours. divergence='hutchinson' with a few probes estimates it, with a "
+            "standard error.",
+            stacklevel=2,
+        )
     probes = (
         _draw_probes(probe, (batch, num_probes, dim), generator, samples) if divergence == "hutchinson" else None
     )
@@ -577,6 +641,10 @@ def log_likelihood(
     )
 
 
+# Arguments of `log_likelihood` that `encode` and `decode` have no use for.
+_LIKELIHOOD_ONLY_ARGUMENTS = frozenset({"data_range", "dequantize", "divergence", "probe", "num_probes", "generator"})
+
+
 class SolverKwargs(TypedDict, total=False):
     """Solver arguments that `encode`, `decode` and `round_trip` accept, as for `log_likelihood`."""
 
@@ -599,8 +667,20 @@ def _transport(
     **solver_kwargs: Any,
 ) -> FlowOutput:
     """Carry `values` along the probability-flow ODE from ε to 1 (`forward`) or from 1 back to ε."""
+    caller = "encode" if forward else "decode"
+    unknown = sorted(set(solver_kwargs) - set(SolverKwargs.__annotations__))
+    if unknown:
+        likelihood_only = [key for key in unknown if key in _LIKELIHOOD_ONLY_ARGUMENTS]
+        reason = (
+            f" ({', '.join(map(repr, likelihood_only))} only of `log_likelihood`: `{caller}` solves the ODE without a "
+            "divergence or dequantisation)" if likelihood_only else ""
+        )
+        raise ValueError(
+            f"`{caller}` got unknown arguments {', '.join(map(repr, unknown))}{reason}; it takes "
+            f"{', '.join(map(repr, SolverKwargs.__annotations__))}."
+        )
     convention = _convention_of(scheduler)
-    values = _checked_samples(values, name, dtype)
+    values = _checked_samples(values, name, dtype, model)
     settings = _check_solver_settings(**solver_kwargs)
     flow = _ProbabilityFlow(model, convention)
     batch, dims = values.shape[0], values.shape[1:]
@@ -623,9 +703,9 @@ def encode(
 
     Args:
         model, scheduler: as for `log_likelihood`.
-        samples (`torch.Tensor` of shape `(batch, *dims)`): the points x_ε.
+        samples (`torch.Tensor` of shape `(batch, *dims)`): the points x_ε, checked as for `log_likelihood`.
         **kwargs: `rtol`, `atol`, `method`, `num_steps`, `dtype`, `batch_size`, `show_progress`, as for
-            `log_likelihood` (same defaults).
+            `log_likelihood` (same defaults); any other (a `log_likelihood`-only `divergence`, ...) is a ValueError.
 
     Returns:
         `FlowOutput(sample=latents, nfe)`, latents of shape `(batch, *dims)`.

@@ -258,6 +258,8 @@ def test_float32_unet_with_float64_integration():
         ({"dequantize": True}, "`dequantize=True` needs `data_range`"),
         ({"dtype": torch.int64}, "`dtype` must be a floating dtype"),
         ({"generator": [torch.Generator()]}, "one per sample"),
+        ({"dtype": torch.bfloat16}, "`dtype` torch.bfloat16 is too coarse to integrate the ODE"),
+        ({"dtype": torch.float16}, "`dtype` torch.float16 is too coarse to integrate the ODE"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
@@ -297,3 +299,94 @@ def test_a_model_that_turns_nan_mid_solve_is_a_sampling_error(method):
     kwargs = {"num_steps": 4} if method == "euler" else {}
     with pytest.raises(SamplingError, match="NaN"):
         log_likelihood(failing, scheduler, samples, show_progress=False, method=method, **kwargs)
+
+
+@pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", ["dopri5", "RK45"])
+def test_half_precision_samples_are_integrated_in_float32_with_a_warning(half, method):
+    """Before: bfloat16 samples were integrated in bfloat16 (bits/dim off by up to 0.8, no word) and float16 ones
+    stopped the solve (dopri5: NaN time; RK45: no answer). Now the solve runs in float32 and says so."""
+    _, scheduler, model, samples = _setup("vp")
+    samples = samples[:4].clamp(-1, 1).to(half)
+    kwargs = dict(divergence="hutchinson", num_probes=2, method=method, data_range=(-1.0, 1.0), show_progress=False)
+    with pytest.warns(UserWarning, match=f"`samples` are {half}, too coarse .* integrating in torch.float32"):
+        out = log_likelihood(model, scheduler, samples, generator=torch.Generator().manual_seed(0), **kwargs)
+    # The same as the float32 solve of the same (rounded) points, the same probes.
+    reference = log_likelihood(
+        model, scheduler, samples.float(), generator=torch.Generator().manual_seed(0), **kwargs
+    )
+    assert out.bits_per_dim.dtype == out.latent.dtype == torch.float32
+    torch.testing.assert_close(out.bits_per_dim, reference.bits_per_dim, rtol=0, atol=0)
+    with pytest.warns(UserWarning, match="integrating in torch.float32"):
+        assert encode(model, scheduler, samples, show_progress=False).sample.dtype == torch.float32
+
+
+def test_exact_divergence_holds_one_gradient_at_a_time(monkeypatch):
+    """Before: every per-dimension gradient (batch × D each) stayed alive until the sum, batch × D² in all (140 MB
+    for a batch of 2 at 64 × 64). Now each is dropped once its diagonal entry is read."""
+    import weakref
+
+    from score_diffusers import likelihood
+
+    _, scheduler, model, samples = _setup("vp")
+    input_grad, gradients, alive = likelihood._input_grad, [], []
+
+    def tracked(output, x, retain):
+        alive.append(sum(gradient() is not None for gradient in gradients))
+        gradient = input_grad(output, x, retain)
+        gradients.append(weakref.ref(gradient))
+        return gradient
+
+    monkeypatch.setattr(likelihood, "_input_grad", tracked)
+    out = _exact(model, scheduler, samples[:3], method="euler", num_steps=2)
+    assert len(alive) == 2 * DIM and max(alive) == 0
+    monkeypatch.setattr(likelihood, "_input_grad", input_grad)
+    torch.testing.assert_close(out.log_likelihood, _exact(model, scheduler, samples[:3], method="euler", num_steps=2)
+                               .log_likelihood, rtol=0, atol=0)
+
+
+def test_exact_divergence_warns_of_its_cost_in_many_dimensions(monkeypatch):
+    from score_diffusers import likelihood
+
+    _, scheduler, model, samples = _setup("vp")
+    monkeypatch.setattr(likelihood, "EXACT_DIVERGENCE_WARN_DIM", DIM - 1)
+    with pytest.warns(UserWarning, match=f"D = {DIM} backward passes .* per evaluation"):
+        _exact(model, scheduler, samples[:2], method="euler", num_steps=1)
+
+
+def _tiny_unet():
+    return UNet2DModel(
+        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+        norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+    ).eval()
+
+
+@pytest.mark.parametrize(
+    "shape, match",
+    [
+        ((2, 1, 16, 16), r"`samples` of shape \(2, 1, 16, 16\) do not fit the model, which takes \(batch, 1, 8, 8\)"),
+        ((2, 3, 8, 8), r"of shape \(2, 3, 8, 8\) do not fit the model, which takes \(batch, 1, 8, 8\)"),
+        ((2, 8, 8), r"of shape \(2, 8, 8\) do not fit .*; they have no channel dimension: add it with `samples\[:, None\]`"),
+        ((0, 1, 8, 8), r"`samples` is an empty batch \(shape \(0, 1, 8, 8\)\)"),
+    ],
+    ids=["other-size", "other-channels", "no-channels", "empty"],
+)
+def test_samples_the_unet_does_not_take_are_refused(shape, match):
+    """Before: another size was accepted (a density the unet was not trained for), a channel-less batch raised a
+    RuntimeError from inside the model, and an empty batch was told to add a batch dimension."""
+    scheduler = ProbabilityFlowScheduler.from_config(DDPMScheduler(num_train_timesteps=100).config)
+    with pytest.raises(ValueError, match=match):
+        log_likelihood(_tiny_unet(), scheduler, torch.zeros(shape), show_progress=False)
+    with pytest.raises(ValueError, match=match.replace("samples", "latents")):
+        decode(_tiny_unet(), scheduler, torch.zeros(shape), show_progress=False)
+
+
+@pytest.mark.parametrize("function", [encode, decode, round_trip])
+def test_likelihood_only_arguments_to_encode_and_decode_are_clear_errors(function):
+    """Before: `encode(..., divergence="exact")` raised a TypeError from an internal helper."""
+    _, scheduler, model, samples = _setup("vp")
+    name = "decode" if function is decode else "encode"
+    with pytest.raises(ValueError, match=rf"`{name}` got unknown arguments 'divergence' .*only of `log_likelihood`"):
+        function(model, scheduler, samples, divergence="exact", show_progress=False)
+    with pytest.raises(ValueError, match=rf"`{name}` got unknown arguments 'tolerance'; it takes 'rtol', 'atol'"):
+        function(model, scheduler, samples, tolerance=1e-3, show_progress=False)
