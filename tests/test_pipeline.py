@@ -130,6 +130,9 @@ def test_output_types(ddpm_folder):
     (tensor,) = pipe(**kwargs, output_type="pt", return_dict=False)
     assert tensor.shape == (2, 1, IMAGE_SIZE, IMAGE_SIZE)
     np.testing.assert_allclose(np.asarray(pil[0]), np.round(tensor[0, 0].numpy() * 255), atol=1)
+    kwargs["generator"] = torch.Generator().manual_seed(0)
+    latent = pipe(**kwargs, output_type="latent").images
+    torch.testing.assert_close(tensor, (latent / 2 + 0.5).clamp(0, 1))
 
 
 def test_callback_sees_every_step_and_can_replace_the_sample(ddpm_folder):
@@ -458,7 +461,7 @@ def test_class_conditional_unet_takes_labels_directly():
         (True, {"guidance_scale": 1.0}, "needs `class_labels`"),
         (True, {"generator": [torch.Generator()]}, "generator"),
         (True, {"batch_size": 0}, "batch_size"),
-        (True, {"output_type": "latent"}, "output_type.*'pil', 'np', 'pt'"),
+        (True, {"output_type": "pixels"}, "output_type.*'pil', 'np', 'pt', 'latent'"),
         (True, {"callback_on_step_end_tensor_inputs": ["latents"]}, "callback_on_step_end_tensor_inputs"),
     ],
 )

@@ -31,8 +31,8 @@ from ..schedulers.registry import scheduler_class_names
 
 logger = logging.getLogger(__name__)
 
-OutputType = Literal["pil", "np", "pt"]
-OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt")
+OutputType = Literal["pil", "np", "pt", "latent"]
+OUTPUT_TYPES: tuple[str, ...] = ("pil", "np", "pt", "latent")
 
 
 def as_score_scheduler(scheduler: SchedulerMixin) -> ScoreSchedulerMixin:
@@ -285,7 +285,7 @@ class ScoreGuidedPipeline(DiffusionPipeline):
             guidance_scale (`float`, defaults to 0.0): w ≥ 0, the weight of ∇ₓ log q_φ(y | x_t, t).
             output_type (`str`, defaults to `"pil"`): `"pil"` (list of `PIL.Image`), `"np"` (array of shape
                 `(batch, height, width, channels)`) or `"pt"` (tensor of shape `(batch, channels, height, width)`),
-                values in [0, 1].
+                values in [0, 1]; or `"latent"`: the final samples themselves, in the unet's space, unclamped.
             return_dict (`bool`, defaults to `True`): return an `ImagePipelineOutput` rather than a tuple.
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
                 after every scheduler step as `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`,
@@ -381,7 +381,9 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         return self._standard_normal(batch_size, generator, device) * self.scheduler.init_noise_sigma
 
     def _to_images(self, sample: torch.Tensor, output_type: str):
-        """Samples in [−1, 1] as `output_type` images in [0, 1]."""
+        """Samples in [−1, 1] as `output_type` images in [0, 1] (`"latent"`: the samples as they are)."""
+        if output_type == "latent":
+            return sample
         image = (sample / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).float().numpy()

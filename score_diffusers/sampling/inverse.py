@@ -9,17 +9,20 @@ AAᵀ) and works in the model's data space:
   channel it is score_sde's colorizer. It treats y as noiseless and is biased even with the exact score: the free
   coordinates see a noised observation, not y.
 - **Measurement guidance** (ΠGDM, Song et al., 2023, https://openreview.net/forum?id=9_gsMA8MRKQ): the score gains
-  ∇ₓ log N(y; A x̂₀(x_t), σ_y²I + r_t²AAᵀ), differentiated through the model's x̂₀ (`measurement_log_likelihood`).
-  r_t² = σ̄²v/(σ̄² + v) is the error variance of x̂₀ when p₀ is Gaussian with per-coordinate second moment v; v is
-  read off the measurement itself (`measurement_second_moment`), so there is no step size to tune. Biased: the
-  likelihood of x_t is replaced by a Gaussian around a point estimate.
+  ∇ₓ log N(y; A x̂₀(x_t), σ_y²I + σ̄_t²AAᵀ), differentiated through the model's x̂₀ (`measurement_log_likelihood`).
+  The variance σ̄_t² stands for the error covariance of x̂₀, Cov[x₀ | x_t] = σ̄²(I + σ̄²∇²log p_t) ⪯ σ̄²I for a
+  log-concave p₀: the bound, never overconfident, and known from the schedule, so there is no step size to tune
+  (ΠGDM's σ̄²/(1 + σ̄²) assumes unit-variance data; a variance read off y made both guidance and the SMC twist
+  overconfident where y says little, e.g. one observed coordinate). Biased: the likelihood of x_t is replaced by
+  a Gaussian around a point estimate.
 - **Twisted sequential Monte Carlo** (`twisted_smc`), asymptotically exact: particles follow the reverse-time chain
   with the ancestral kernel p(x_s | x_t) = N(m(x_t), c²I), each step proposed from that kernel conditioned on y
   through the twist p̃_s(y | x_s) = N(y; A x_s/α_s, σ_y²I + σ̄_s²AAᵀ) (the likelihood of x_s under a flat prior on
   x₀; MCGdiff's, Cardoso et al., 2023, https://arxiv.org/abs/2308.07983, for general A). Kernel and twist are both
   linear-Gaussian, so the conditioned proposal and its normaliser Z = ∫ p(x_s | x_t) p̃_s(y | x_s) dx_s are exact,
   and the weights Z/p̃_t(y | x_t) make the particle system target the chain's p(x_ε) · N(y; A x_ε/α_ε, σ_y²I)
-  exactly: as particles grow the output converges to the posterior of the chain, and as steps grow (exact score)
+  exactly (the weights use the better twist N(y; A x̂₀(x_s), σ_y²I + σ̄_s²AAᵀ), which costs nothing since x̂₀(x_s) is the
+  next step's evaluation, and changes only the variance, not the target): as particles grow the output converges to the posterior of the chain, and as steps grow (exact score)
   that chain's marginal converges to p_ε, within σ_min of p₀.
 """
 
@@ -61,20 +64,6 @@ def measurement_log_likelihood(
     residual = measurement - operator.forward(estimate)
     solved = operator.gram_solve(residual, estimate_variance, noise_variance)
     return -0.5 * (residual * solved).flatten(1).sum(1, dtype=torch.float64 if residual.dtype == torch.float64 else None)
-
-
-def measurement_second_moment(measurement: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
-    """v = ‖A⁺y‖²/rank(A) per measurement, shape `(batch,)` (float64): the per-coordinate second moment of x₀ that
-    makes E‖A⁺A x₀‖² match, for x₀ ~ N(0, v I)."""
-    least_norm = operator.pseudo_inverse(measurement)
-    squared = least_norm.flatten(1).square().sum(1).to(torch.float64).cpu()
-    return squared / operator.rank(measurement).clamp_min(1)
-
-
-def denoised_error_variance(noise_to_signal: float, second_moment: torch.Tensor) -> torch.Tensor:
-    """r² = σ̄²v/(σ̄² + v), the per-coordinate variance of x₀ given x_t when x₀ ~ N(0, v I) (σ̄ = σ_t/α_t)."""
-    ratio2 = noise_to_signal**2
-    return ratio2 * second_moment / (ratio2 + second_moment)
 
 
 def twisted_proposal(
@@ -245,19 +234,16 @@ def twisted_smc(
     alphas, sigmas = convention.coefficients(times)
     ratios = sigmas / alphas
 
-    second_moment = measurement_second_moment(measurement, operator).repeat_interleave(num_particles)
-
     def flat_twist(x: torch.Tensor, k: int) -> torch.Tensor:
         """log p̃_k(y | x) = log N(y; A x/α_k, σ_y²I + σ̄_k²AAᵀ), the twist the proposals condition on."""
         return measurement_log_likelihood(x / float(alphas[k]), rows_measurement, rows_operator, noise_variance,
                                           float(ratios[k]) ** 2).reshape(num_images, num_particles).double().cpu()
 
     def denoised_twist(x: torch.Tensor, score: torch.Tensor, k: int) -> torch.Tensor:
-        """log N(y; A x̂₀(x), σ_y²I + r_k²AAᵀ), the twist the weights use: it knows the prior through x̂₀."""
+        """log N(y; A x̂₀(x), σ_y²I + σ̄_k²AAᵀ), the twist the weights use: it knows the prior through x̂₀."""
         estimate = ModelConvention.denoised(x, score, float(alphas[k]), float(sigmas[k]))
-        variance = denoised_error_variance(float(ratios[k]), second_moment).to(device=x.device, dtype=x.dtype)
         return measurement_log_likelihood(estimate, rows_measurement, rows_operator, noise_variance,
-                                          variance).reshape(num_images, num_particles).double().cpu()
+                                          float(ratios[k]) ** 2).reshape(num_images, num_particles).double().cpu()
 
     def evaluate(x: torch.Tensor, k: int) -> torch.Tensor:
         score = score_fn(x, times[k])
