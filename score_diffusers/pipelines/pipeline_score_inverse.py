@@ -96,8 +96,9 @@ class ScoreInverseProblemPipeline(ScoreGuidedPipeline):
     def _measurement_guided_output(
         self, model_input: torch.Tensor, timestep: torch.Tensor, alpha: float, sigma: float, labels, guidance_scale,
         classifier, measurement: torch.Tensor, operator: LinearOperator, noise_variance: float,
+        prior_variance: torch.Tensor,
     ) -> torch.Tensor:
-        """The unet's output with ∇ₓ log N(y; A x̂₀(x), σ_y²I + σ̄²AAᵀ) added to its score (through the unet), and
+        """The unet's output with ∇ₓ log N(y; A x̂₀(x), σ_y²I + r²AAᵀ) added to its score (through the unet), and
         the classifier term where asked."""
         convention = self.scheduler.convention
         model_timestep = timestep.expand(model_input.shape[0]) if timestep.ndim == 0 else timestep
@@ -107,8 +108,9 @@ class ScoreInverseProblemPipeline(ScoreGuidedPipeline):
             output = self.unet(x, model_timestep, **unet_kwargs)
             output = output.sample if hasattr(output, "sample") else output
             estimate = convention.denoised(x, convention.score_from_output(output, sigma), alpha, sigma)
+            variance = inverse.denoised_error_variance(sigma / alpha, prior_variance).to(x.device, x.dtype)
             log_likelihood = inverse.measurement_log_likelihood(estimate, measurement, operator, noise_variance,
-                                                                (sigma / alpha) ** 2)
+                                                                variance)
             (gradient,) = torch.autograd.grad(log_likelihood.sum(), x)
         output = output.detach()
         score_term = gradient
@@ -216,9 +218,12 @@ class ScoreInverseProblemPipeline(ScoreGuidedPipeline):
             def model_output_fn(model_input, timestep, alpha, sigma):
                 return self._model_output(model_input, timestep, alpha, sigma, labels, guidance_scale, classifier)
         else:
+            prior_variance = inverse.prior_variance(measurement, operator)
+
             def model_output_fn(model_input, timestep, alpha, sigma):
                 return self._measurement_guided_output(model_input, timestep, alpha, sigma, labels, guidance_scale,
-                                                       classifier, measurement, operator, noise_std**2)
+                                                       classifier, measurement, operator, noise_std**2,
+                                                       prior_variance)
 
         sample = self._sampling_loop(sample, model_output_fn, generator, callback_on_step_end, tensor_inputs,
                                      after_step)

@@ -9,19 +9,20 @@ AAᵀ) and works in the model's data space:
   channel it is score_sde's colorizer. It treats y as noiseless and is biased even with the exact score: the free
   coordinates see a noised observation, not y.
 - **Measurement guidance** (ΠGDM, Song et al., 2023, https://openreview.net/forum?id=9_gsMA8MRKQ): the score gains
-  ∇ₓ log N(y; A x̂₀(x_t), σ_y²I + σ̄_t²AAᵀ), differentiated through the model's x̂₀ (`measurement_log_likelihood`).
-  The variance σ̄_t² stands for the error covariance of x̂₀, Cov[x₀ | x_t] = σ̄²(I + σ̄²∇²log p_t) ⪯ σ̄²I for a
-  log-concave p₀: the bound, never overconfident, and known from the schedule, so there is no step size to tune
-  (ΠGDM's σ̄²/(1 + σ̄²) assumes unit-variance data; a variance read off y made both guidance and the SMC twist
-  overconfident where y says little, e.g. one observed coordinate). Biased: the likelihood of x_t is replaced by
-  a Gaussian around a point estimate.
+  ∇ₓ log N(y; A x̂₀(x_t), σ_y²I + r_t²AAᵀ), differentiated through the model's x̂₀ (`measurement_log_likelihood`).
+  r_t² = σ̄²v/(σ̄² + v) (`denoised_error_variance`) is the error variance of x̂₀ when x₀ ~ N(0, vI); v is
+  `prior_variance`: 1, the largest per-pixel variance of data in [−1, 1] (the pipelines' space, and ΠGDM's choice),
+  or the second moment y shows where that is larger (data beyond [−1, 1]). No step size to tune. The bound σ̄² alone
+  (v = ∞) left the guidance and the SMC twist uninformative in 64 dimensions; v read off y alone was overconfident
+  where y says little (one observed coordinate near 0). Biased: the likelihood of x_t is replaced by a Gaussian
+  around a point estimate.
 - **Twisted sequential Monte Carlo** (`twisted_smc`), asymptotically exact: particles follow the reverse-time chain
   with the ancestral kernel p(x_s | x_t) = N(m(x_t), c²I), each step proposed from that kernel conditioned on y
   through the twist p̃_s(y | x_s) = N(y; A x_s/α_s, σ_y²I + σ̄_s²AAᵀ) (the likelihood of x_s under a flat prior on
   x₀; MCGdiff's, Cardoso et al., 2023, https://arxiv.org/abs/2308.07983, for general A). Kernel and twist are both
   linear-Gaussian, so the conditioned proposal and its normaliser Z = ∫ p(x_s | x_t) p̃_s(y | x_s) dx_s are exact,
   and the weights Z/p̃_t(y | x_t) make the particle system target the chain's p(x_ε) · N(y; A x_ε/α_ε, σ_y²I)
-  exactly (the weights use the better twist N(y; A x̂₀(x_s), σ_y²I + σ̄_s²AAᵀ), which costs nothing since x̂₀(x_s) is the
+  exactly (the weights use the better twist N(y; A x̂₀(x_s), σ_y²I + r_s²AAᵀ) of the guidance, which costs nothing since x̂₀(x_s) is the
   next step's evaluation, and changes only the variance, not the target): as particles grow the output converges to the posterior of the chain, and as steps grow (exact score)
   that chain's marginal converges to p_ε, within σ_min of p₀.
 """
@@ -64,6 +65,21 @@ def measurement_log_likelihood(
     residual = measurement - operator.forward(estimate)
     solved = operator.gram_solve(residual, estimate_variance, noise_variance)
     return -0.5 * (residual * solved).flatten(1).sum(1, dtype=torch.float64 if residual.dtype == torch.float64 else None)
+
+
+def prior_variance(measurement: torch.Tensor, operator: LinearOperator) -> torch.Tensor:
+    """v = max(1, ‖A⁺y‖²/rank(A)) per measurement, shape `(batch,)` (float64): the per-coordinate second moment of a
+    zero-mean Gaussian stand-in for p₀, at least 1 (the most that data in [−1, 1] can have) and at least what y shows
+    (‖A⁺A x₀‖² has mean v·rank(A) for x₀ ~ N(0, vI))."""
+    least_norm = operator.pseudo_inverse(measurement)
+    squared = least_norm.flatten(1).square().sum(1).to(torch.float64).cpu()
+    return (squared / operator.rank(measurement).clamp_min(1)).clamp_min(1.0)
+
+
+def denoised_error_variance(noise_to_signal: float, variance: torch.Tensor) -> torch.Tensor:
+    """r² = σ̄²v/(σ̄² + v), the per-coordinate variance of x₀ given x_t when x₀ ~ N(0, v I) (σ̄ = σ_t/α_t)."""
+    ratio2 = noise_to_signal**2
+    return ratio2 * variance / (ratio2 + variance)
 
 
 def twisted_proposal(
@@ -116,7 +132,7 @@ def systematic_resample(log_weights: torch.Tensor, uniforms: torch.Tensor) -> to
     particles = log_weights.shape[-1]
     cumulative = torch.softmax(log_weights.to(torch.float64), dim=-1).cumsum(-1)
     positions = (uniforms.to(torch.float64)[:, None] + torch.arange(particles, dtype=torch.float64)) / particles
-    indices = torch.searchsorted(cumulative, positions.to(cumulative.device))
+    indices = torch.searchsorted(cumulative, positions.to(cumulative.device), right=True)
     return indices.clamp_max(particles - 1)
 
 
@@ -233,6 +249,7 @@ def twisted_smc(
     times = convention.time_grid(num_steps + 1, "log_sigma")
     alphas, sigmas = convention.coefficients(times)
     ratios = sigmas / alphas
+    variances = prior_variance(measurement, operator).repeat_interleave(num_particles)
 
     def flat_twist(x: torch.Tensor, k: int) -> torch.Tensor:
         """log p̃_k(y | x) = log N(y; A x/α_k, σ_y²I + σ̄_k²AAᵀ), the twist the proposals condition on."""
@@ -240,10 +257,11 @@ def twisted_smc(
                                           float(ratios[k]) ** 2).reshape(num_images, num_particles).double().cpu()
 
     def denoised_twist(x: torch.Tensor, score: torch.Tensor, k: int) -> torch.Tensor:
-        """log N(y; A x̂₀(x), σ_y²I + σ̄_k²AAᵀ), the twist the weights use: it knows the prior through x̂₀."""
+        """log N(y; A x̂₀(x), σ_y²I + r_k²AAᵀ), the twist the weights use: it knows the prior through x̂₀."""
         estimate = ModelConvention.denoised(x, score, float(alphas[k]), float(sigmas[k]))
+        variance = denoised_error_variance(float(ratios[k]), variances).to(device=x.device, dtype=x.dtype)
         return measurement_log_likelihood(estimate, rows_measurement, rows_operator, noise_variance,
-                                          float(ratios[k]) ** 2).reshape(num_images, num_particles).double().cpu()
+                                          variance).reshape(num_images, num_particles).double().cpu()
 
     def evaluate(x: torch.Tensor, k: int) -> torch.Tensor:
         score = score_fn(x, times[k])
@@ -281,8 +299,10 @@ def twisted_smc(
         if k == num_steps - 1:
             break
         low = ess < resample_threshold * num_particles
+        # Drawn at every step, so that an image's generator does not depend on whether others resample.
+        uniforms = _uniforms(num_images, generator)
         if bool(low.any()):
-            indices = systematic_resample(log_weights, _uniforms(num_images, generator))
+            indices = systematic_resample(log_weights, uniforms)
             indices = torch.where(low[:, None], indices, torch.arange(num_particles))
             rows = (offsets + indices).flatten()
             x, score = x[rows.to(x.device)], score[rows.to(x.device)]
