@@ -1,8 +1,10 @@
-"""The `score-diffusers` command: sample images, compute likelihoods, convert DDPM checkpoints.
+"""The `score-diffusers` command: sample images, compute likelihoods, convert DDPM checkpoints, inpaint and edit.
 
     score-diffusers sample PIPELINE [--scheduler NAME] [--steps N] [--grid PATH] [--output_dir DIR] ...
     score-diffusers likelihood IMAGE_FOLDER --pipeline PIPELINE [--divergence exact|hutchinson] ...
     score-diffusers convert DDPM_FOLDER OUTPUT_FOLDER [--scheduler NAME] [--overwrite]
+    score-diffusers inpaint PIPELINE IMAGE ... --mask MASK [--method smc|replacement|guidance] --output_dir DIR ...
+    score-diffusers edit PIPELINE IMAGE ... [--strength S] --output_dir DIR ...
 
 PIPELINE is a local `ScoreGuidedPipeline` or stock `DDPMPipeline` folder, or a Hub id (`owner/name`). Every
 `--scheduler` name maps to one score scheduler built with `X.from_config(<the pipeline's scheduler config>,
@@ -39,7 +41,8 @@ from .checks import SamplingError
 from .image_grid import GRID_MIN_WIDTH, image_grid
 from .likelihood import DIVERGENCES, METHODS, PROBES
 from .models import NoiseConditionalClassifier
-from .pipelines import ScoreGuidedPipeline
+from .pipelines import ScoreGuidedPipeline, ScoreImg2ImgPipeline, ScoreInpaintPipeline
+from .pipelines.pipeline_score_inverse import DEFAULT_NUM_PARTICLES, INVERSE_METHODS
 from .schedulers import DEFAULT_SCHEDULERS, SCHEDULERS
 
 PROG = "score-diffusers"
@@ -138,9 +141,11 @@ def load_pipeline(
     classifier: str | None = None,
     device: str | None = None,
     show_progress: bool = True,
+    pipeline_class: type[ScoreGuidedPipeline] = ScoreGuidedPipeline,
 ) -> ScoreGuidedPipeline:
-    """A `ScoreGuidedPipeline` from a local pipeline folder or a Hub id, with the scheduler `scheduler_name` of
-    `SCHEDULERS`, an optional classifier folder, on `device` (CUDA when available by default)."""
+    """A `pipeline_class` (`ScoreGuidedPipeline` or one of its subclasses) from a local pipeline folder or a Hub id,
+    with the scheduler `scheduler_name` of `SCHEDULERS`, an optional classifier folder, on `device` (CUDA when
+    available by default)."""
     if scheduler_name not in SCHEDULER_CHOICES:
         raise CLIError(f"unknown scheduler {scheduler_name!r}; choose one of {', '.join(SCHEDULER_CHOICES)}")
     target_device = _device(device)
@@ -155,7 +160,7 @@ def load_pipeline(
             config = recipe.scheduler_class.load_config(source, subfolder="scheduler")
             components["scheduler"] = recipe.build(config)
         with _loading_progress_bar(show_progress):
-            pipe = ScoreGuidedPipeline.from_pretrained(source, **components)
+            pipe = pipeline_class.from_pretrained(source, **components)
     except OSError as error:
         hub = "" if Path(path).exists() else " (not a local folder, so it was looked up on the Hub)"
         raise CLIError(f"could not load the pipeline {path}{hub}: {_one_line(error)}") from error
@@ -192,18 +197,22 @@ def image_files(folder: str) -> list[Path]:
 
 
 def load_images(
-    files: Sequence[Path], channels: int, resolution: tuple[int, int], resize: bool
+    files: Sequence[Path], channels: int, resolution: tuple[int, int], resize: bool, mode: str | None = None,
+    resample: PIL.Image.Resampling = PIL.Image.Resampling.LANCZOS,
 ) -> list[PIL.Image.Image]:
-    """Read `files` with PIL in the mode of `channels`; a size other than `resolution` (height, width) is an error
-    unless `resize`, which resizes with a Lanczos filter."""
-    if channels not in PIL_MODES:
+    """Read `files` with PIL in the mode of `channels` (or `mode`); a size other than `resolution` (height, width)
+    is an error unless `resize`, which resizes with `resample` (Lanczos by default)."""
+    if mode is None and channels not in PIL_MODES:
         raise CLIError(f"the unet takes {channels} channels; images can be read as 1 (grey) or 3 (RGB) channels only")
+    mode = mode or PIL_MODES[channels]
     height, width = resolution
     images = []
     for path in files:
+        if not path.is_file():
+            raise CLIError(f"no image file {path}")
         try:
             with PIL.Image.open(path) as opened:
-                image = opened.convert(PIL_MODES[channels])
+                image = opened.convert(mode)
         except OSError as error:
             raise CLIError(f"cannot read the image {path}: {_one_line(error)}") from error
         if image.size != (width, height):
@@ -212,7 +221,7 @@ def load_images(
                     f"{path.name} is {image.width}x{image.height} but the unet takes {width}x{height} images; "
                     "pass --resize to resize them"
                 )
-            image = image.resize((width, height), PIL.Image.Resampling.LANCZOS)
+            image = image.resize((width, height), resample)
         images.append(image)
     return images
 
@@ -364,13 +373,31 @@ def _per_image_generators(seed: int, count: int) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(seed + index) for index in range(count)]
 
 
-def run_sample(args: argparse.Namespace) -> int:
-    """`score-diffusers sample`: generate images and write a grid and/or one PNG per image."""
+def _write_images(images: list[PIL.Image.Image], names: Sequence[str], output_dir: Path | None,
+                  grid_path: Path | None, grid_columns: int | None) -> None:
+    """One PNG per image in `output_dir` (named `names`) and/or a grid at `grid_path`."""
+    if output_dir is not None:
+        for name, image in zip(names, images):
+            image.save(output_dir / name)
+        print(f"Wrote {len(images)} images to {output_dir}")
+    if grid_path is not None:
+        image_grid(images, grid_columns).save(grid_path)
+        print(f"Wrote {grid_path}")
+
+
+def _checked_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+    """`--output_dir` and `--grid`, checked (and the folder created) before any sampling, so an unwritable path
+    never throws the samples away."""
     if args.grid is None and args.output_dir is None:
-        raise CLIError("nothing to write: pass --grid PATH and/or --output_dir DIR")
-    # Checked (and --output_dir created) before sampling, so an unwritable path never throws the samples away.
+        raise CLIError("nothing to write: pass --output_dir DIR and/or --grid PATH")
     output_dir = None if args.output_dir is None else writable_folder(args.output_dir, "--output_dir")
     grid_path = None if args.grid is None else writable_image_path(args.grid, "--grid")
+    return output_dir, grid_path
+
+
+def run_sample(args: argparse.Namespace) -> int:
+    """`score-diffusers sample`: generate images and write a grid and/or one PNG per image."""
+    output_dir, grid_path = _checked_outputs(args)
     pipe = load_pipeline(args.pipeline, args.scheduler, args.classifier, args.device, show_progress=not args.quiet)
     images = pipe(
         batch_size=args.batch_size,
@@ -383,13 +410,8 @@ def run_sample(args: argparse.Namespace) -> int:
         f"Sampled {len(images)} images with {type(pipe.scheduler).__name__}: {args.steps} steps, "
         f"{len(pipe.scheduler.timesteps)} model evaluations."
     )
-    if output_dir is not None:
-        for index, image in enumerate(images):
-            image.save(output_dir / f"{index:04d}.png")
-        print(f"Wrote {output_dir}/0000.png ... {len(images) - 1:04d}.png")
-    if grid_path is not None:
-        image_grid(images, args.grid_columns).save(grid_path)
-        print(f"Wrote {grid_path}")
+    _write_images(images, [f"{index:04d}.png" for index in range(len(images))], output_dir, grid_path,
+                  args.grid_columns)
     return EXIT_OK
 
 
@@ -423,6 +445,46 @@ def run_likelihood(args: argparse.Namespace) -> int:
         print(f"{path.name:<{width}}  {bpd:>10.4f}" + (f"  {error:>10.4f}" if with_stderr else ""))
     print(f"{'mean':<{width}}  {bits_per_dim.mean().item():>10.4f}")
     print(f"{len(files)} images, {result.nfe} evaluations of the probability-flow ODE ({args.divergence} divergence).")
+    return EXIT_OK
+
+
+def _input_images(args: argparse.Namespace, pipe: ScoreGuidedPipeline) -> tuple[list[Path], list[PIL.Image.Image]]:
+    files = [Path(name) for name in args.images]
+    images = load_images(files, pipe.unet.config.in_channels, _resolution(pipe.unet.config), args.resize)
+    return files, images
+
+
+def run_inpaint(args: argparse.Namespace) -> int:
+    """`score-diffusers inpaint`: fill the white pixels of `--mask` in every image."""
+    output_dir, grid_path = _checked_outputs(args)
+    pipe = load_pipeline(args.pipeline, args.scheduler, args.classifier, args.device, show_progress=not args.quiet,
+                         pipeline_class=ScoreInpaintPipeline)
+    files, images = _input_images(args, pipe)
+    (mask,) = load_images([Path(args.mask)], 1, _resolution(pipe.unet.config), args.resize, mode="L",
+                          resample=PIL.Image.Resampling.NEAREST)
+    result = pipe(
+        images, mask, method=args.method, num_inference_steps=args.steps, num_particles=args.particles,
+        generator=_per_image_generators(args.seed, len(images)), class_labels=args.class_labels,
+        guidance_scale=args.guidance_scale,
+    )
+    print(f"Inpainted {len(images)} images ({args.method}): {result.nfe} model evaluations per image.")
+    _write_images(result.images, [f"{path.stem}.png" for path in files], output_dir, grid_path, args.grid_columns)
+    return EXIT_OK
+
+
+def run_edit(args: argparse.Namespace) -> int:
+    """`score-diffusers edit`: SDEdit every image at `--strength`."""
+    output_dir, grid_path = _checked_outputs(args)
+    pipe = load_pipeline(args.pipeline, args.scheduler, args.classifier, args.device, show_progress=not args.quiet,
+                         pipeline_class=ScoreImg2ImgPipeline)
+    files, images = _input_images(args, pipe)
+    edited = pipe(
+        images, strength=args.strength, num_inference_steps=args.steps,
+        generator=_per_image_generators(args.seed, len(images)), class_labels=args.class_labels,
+        guidance_scale=args.guidance_scale,
+    ).images
+    print(f"Edited {len(images)} images at strength {args.strength:g} with {type(pipe.scheduler).__name__}.")
+    _write_images(edited, [f"{path.stem}.png" for path in files], output_dir, grid_path, args.grid_columns)
     return EXIT_OK
 
 
@@ -522,6 +584,21 @@ def _add_common_arguments(parser: argparse.ArgumentParser, seed_help: str) -> No
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_guidance_and_output_arguments(parser: argparse.ArgumentParser, output_dir_help: str) -> None:
+    """Classifier guidance (`--class_labels`, `--guidance_scale`, `--classifier`), the outputs (`--output_dir`,
+    `--grid`, `--grid_columns`) and the common arguments, which the image-writing subcommands share."""
+    parser.add_argument("--class_labels", type=int, nargs="+", default=None, metavar="LABEL",
+                        help="one class for every image or one per image (guidance or a class-conditional unet)")
+    parser.add_argument("--guidance_scale", type=float, default=0.0, help="classifier-guidance weight w >= 0")
+    parser.add_argument("--classifier", default=None, metavar="FOLDER",
+                        help="NoiseConditionalClassifier or transformers image-classifier folder (or Hub id)")
+    parser.add_argument("--grid", default=None, metavar="PATH",
+                        help=f"write all images as one PNG grid here (upscaled to at least {GRID_MIN_WIDTH} px wide)")
+    parser.add_argument("--grid_columns", type=_positive_int, default=None, help="grid width (default: near-square)")
+    parser.add_argument("--output_dir", default=None, metavar="DIR", help=output_dir_help)
+    _add_common_arguments(parser, "image i uses seed + i")
+
+
 def _add_scheduler_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
     """`--scheduler NAME`, one of `SCHEDULERS` (default: keep the pipeline's own)."""
     parser.add_argument("--scheduler", default=KEEP, choices=SCHEDULER_CHOICES, metavar="NAME", help=help_text)
@@ -540,10 +617,11 @@ def _add_subcommand(
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The `score-diffusers` parser with its `sample`, `likelihood` and `convert` subcommands."""
+    """The `score-diffusers` parser with its `sample`, `likelihood`, `convert`, `inpaint` and `edit` subcommands."""
     parser = _Parser(
         prog=PROG,
-        description="Score-based sampling, exact likelihoods and DDPM checkpoint conversion for Diffusers.",
+        description="Score-based sampling, exact likelihoods, DDPM checkpoint conversion, inpainting and editing for "
+                    "Diffusers.",
         epilog=scheduler_help(),
         formatter_class=_HelpFormatter,
     )
@@ -560,16 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_scheduler_argument(sample, "sampler to run (see the list below)")
     sample.add_argument("--steps", type=_positive_int, default=50, help="num_inference_steps of the scheduler")
     sample.add_argument("--batch_size", type=_positive_int, default=16, help="number of images")
-    sample.add_argument("--class_labels", type=int, nargs="+", default=None, metavar="LABEL",
-                        help="one class for every image or one per image (guidance or a class-conditional unet)")
-    sample.add_argument("--guidance_scale", type=float, default=0.0, help="classifier-guidance weight w >= 0")
-    sample.add_argument("--classifier", default=None, metavar="FOLDER",
-                        help="NoiseConditionalClassifier or transformers image-classifier folder (or Hub id)")
-    sample.add_argument("--grid", default=None, metavar="PATH",
-                        help=f"write all images as one PNG grid here (upscaled to at least {GRID_MIN_WIDTH} px wide)")
-    sample.add_argument("--grid_columns", type=_positive_int, default=None, help="grid width (default: near-square)")
-    sample.add_argument("--output_dir", default=None, metavar="DIR", help="write 0000.png, 0001.png, ... here")
-    _add_common_arguments(sample, "image i uses seed + i")
+    _add_guidance_and_output_arguments(sample, "write 0000.png, 0001.png, ... here")
 
     likelihood = _add_subcommand(
         subcommands, "likelihood", run_likelihood, "Bits/dim of every image in a folder under a pipeline's model.",
@@ -594,6 +663,37 @@ def build_parser() -> argparse.ArgumentParser:
     likelihood.add_argument("--batch_size", type=_positive_int, default=16, help="images per ODE solve")
     likelihood.add_argument("--resize", action="store_true", help="resize images to the unet's resolution")
     _add_common_arguments(likelihood, "dequantisation noise and probes of image i use seed + i")
+
+    def add_conditional_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("pipeline", metavar="PIPELINE", help=pipeline_help)
+        parser.add_argument("images", metavar="IMAGE", nargs="+", help="image files (png, jpg, ...)")
+        parser.add_argument("--steps", type=_positive_int, default=50, help="num_inference_steps")
+        parser.add_argument("--resize", action="store_true", help="resize images (and the mask) to the unet's size")
+        _add_guidance_and_output_arguments(parser, "write each result as IMAGE's name + .png here")
+
+    inpaint = _add_subcommand(
+        subcommands, "inpaint", run_inpaint, "Fill the masked pixels of images (ScoreInpaintPipeline).",
+        "MASK is one image for all: white where pixels are generated, black where they are kept (binary). The\n"
+        "default method 'smc' samples the posterior with --particles particles per image (steps x particles\n"
+        "evaluations); 'replacement' (score_sde's inpainter) and 'guidance' run the --scheduler.",
+        epilog=scheduler_help(),
+    )
+    add_conditional_arguments(inpaint)
+    inpaint.add_argument("--mask", required=True, metavar="MASK", help="mask image: white = generate, black = keep")
+    inpaint.add_argument("--method", choices=INVERSE_METHODS, default="smc", help="inpainting method")
+    inpaint.add_argument("--particles", type=_positive_int, default=DEFAULT_NUM_PARTICLES,
+                         help="particles per image (method smc)")
+    _add_scheduler_argument(inpaint, "scheduler of 'replacement' and 'guidance'; 'smc' reads its convention only")
+
+    edit = _add_subcommand(
+        subcommands, "edit", run_edit, "Edit images with SDEdit (ScoreImg2ImgPipeline).",
+        "Each image is noised to time strength x T of the SDE and sampled back with the scheduler: small\n"
+        "strengths stay close to the image, 1 ignores it.",
+        epilog=scheduler_help(),
+    )
+    add_conditional_arguments(edit)
+    edit.add_argument("--strength", type=float, default=0.8, help="in (0, 1]: how far the image is noised")
+    _add_scheduler_argument(edit, "sampler to run back (see the list below)")
 
     convert = _add_subcommand(
         subcommands, "convert", run_convert, "Convert a stock DDPMPipeline folder into a ScoreGuidedPipeline folder.",

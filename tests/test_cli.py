@@ -326,10 +326,83 @@ def test_likelihood_refuses_the_wrong_image_size_unless_resized(ddpm_folder, tmp
     assert "mean" in capsys.readouterr().out
 
 
+# ---- inpaint and edit ------------------------------------------------------------------------------------------------
+
+
+def write_mask(path: Path, values: np.ndarray) -> Path:
+    PIL.Image.fromarray(np.uint8(values * 255), mode="L").save(path)
+    return path
+
+
+@pytest.mark.parametrize("method", ["smc", "replacement"])
+def test_inpaint_writes_one_png_per_image_keeping_the_black_pixels(method, ddpm_folder, tmp_path, capsys):
+    names = write_images(tmp_path / "in", 2)
+    mask = np.zeros((IMAGE_SIZE, IMAGE_SIZE))
+    mask[IMAGE_SIZE // 2:] = 1  # generate the bottom half
+    write_mask(tmp_path / "mask.png", mask)
+    argv = ["inpaint", str(ddpm_folder), *(str(tmp_path / "in" / name) for name in names), "--mask",
+            str(tmp_path / "mask.png"), "--method", method, "--steps", "3", "--particles", "2", "--output_dir",
+            str(tmp_path / "out"), "--grid", str(tmp_path / "grid.png"), "--quiet"]
+    assert main(argv) == 0
+    assert "model evaluations per image" in capsys.readouterr().out
+    for name in names:
+        original = np.asarray(PIL.Image.open(tmp_path / "in" / name))
+        result = np.asarray(PIL.Image.open(tmp_path / "out" / name))
+        np.testing.assert_allclose(result[: IMAGE_SIZE // 2], original[: IMAGE_SIZE // 2], atol=1)
+    assert (tmp_path / "grid.png").is_file()
+    # The same seed gives the same images.
+    assert main([*argv[:-5], "--output_dir", str(tmp_path / "again"), "--quiet"]) == 0
+    for name in names:
+        assert np.array_equal(np.asarray(PIL.Image.open(tmp_path / "out" / name)),
+                              np.asarray(PIL.Image.open(tmp_path / "again" / name)))
+
+
+def test_edit_writes_one_png_per_image(ddpm_folder, tmp_path, capsys):
+    names = write_images(tmp_path / "in", 2)
+    argv = ["edit", str(ddpm_folder), *(str(tmp_path / "in" / name) for name in names), "--strength", "0.5",
+            "--steps", "4", "--output_dir", str(tmp_path / "out"), "--quiet"]
+    assert main(argv) == 0
+    assert "strength 0.5" in capsys.readouterr().out
+    assert sorted(path.name for path in (tmp_path / "out").iterdir()) == sorted(names)
+
+
+@pytest.mark.parametrize(
+    "make_argv, message",
+    [
+        (lambda ddpm, tmp: ["inpaint", str(ddpm), str(tmp / "in" / "img0.png"), "--mask", str(tmp / "gray.png"),
+                            "--output_dir", str(tmp / "out")], "binary"),
+        (lambda ddpm, tmp: ["inpaint", str(ddpm), str(tmp / "in" / "img0.png"), "--mask", str(tmp / "missing.png"),
+                            "--output_dir", str(tmp / "out")], "no image file"),
+        (lambda ddpm, tmp: ["inpaint", str(ddpm), str(tmp / "in" / "img0.png"), "--mask", str(tmp / "mask.png")],
+         "nothing to write"),
+        (lambda ddpm, tmp: ["inpaint", str(ddpm), str(tmp / "in" / "img0.png"), "--mask", str(tmp / "mask.png"),
+                            "--method", "dps", "--output_dir", str(tmp / "out")], "invalid choice: 'dps'"),
+        (lambda ddpm, tmp: ["inpaint", str(ddpm), str(tmp / "in" / "img0.png"), "--mask", str(tmp / "small.png"),
+                            "--output_dir", str(tmp / "out")], "--resize"),
+        (lambda ddpm, tmp: ["edit", str(ddpm), str(tmp / "in" / "img0.png"), "--strength", "1.5",
+                            "--output_dir", str(tmp / "out")], "strength"),
+        (lambda ddpm, tmp: ["edit", str(ddpm), str(tmp / "in" / "img0.png"), "--strength", "0.01",
+                            "--output_dir", str(tmp / "out")], "runs no step"),
+        (lambda ddpm, tmp: ["edit", str(ddpm), str(tmp / "in" / "missing.png"), "--output_dir", str(tmp / "out")],
+         "no image file"),
+    ],
+    ids=["gray-mask", "missing-mask", "no-output", "unknown-method", "mask-size", "strength-range", "no-step",
+         "missing-image"],
+)
+def test_inpaint_and_edit_bad_input_exits_2(make_argv, message, ddpm_folder, tmp_path, capsys):
+    write_images(tmp_path / "in", 1)
+    write_mask(tmp_path / "mask.png", np.ones((IMAGE_SIZE, IMAGE_SIZE)))
+    write_mask(tmp_path / "gray.png", np.full((IMAGE_SIZE, IMAGE_SIZE), 0.5))
+    write_mask(tmp_path / "small.png", np.ones((4, 4)))
+    assert main(make_argv(ddpm_folder, tmp_path)) == 2
+    line = error_line(capsys)
+    assert line.startswith("score-diffusers: error: ") and message in line
+
+
 # ---- help and errors -------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("command", [[], ["sample"], ["likelihood"], ["convert"]])
+@pytest.mark.parametrize("command", [[], ["sample"], ["likelihood"], ["convert"], ["inpaint"], ["edit"]])
 def test_help_exits_0_and_lists_the_schedulers(command, capsys):
     assert main([*command, "--help"]) == 0
     text = capsys.readouterr().out
