@@ -8,10 +8,10 @@ each method, compared with as many draws of the closed-form posterior (`Gaussian
 the total variation between the two sets' component histograms (components assigned by p₀'s `classify`). The floor
 row compares two independent sets of exact posterior draws. Every figure is a mean over `--seeds` ± its standard
 error; NFE is model evaluations per image (particles × steps for SMC). Replacement and guidance run at the NFE of
-SMC's default (8 particles × 50 steps), replacement on score_sde's PC (the reference inpainter), guidance on the
+SMC's default (16 particles × 50 steps), replacement on score_sde's PC (the reference inpainter), guidance on the
 default VE sampler (`SDEDPMSolverScheduler`).
 
-Run from the repository root: `python benchmarks/bench_inverse.py` (~5 min on 2 CPU cores).
+Run from the repository root: `python benchmarks/bench_inverse.py` (~15 min on 2 CPU cores).
 """
 
 from __future__ import annotations
@@ -44,8 +44,8 @@ SIGMA_MIN, SIGMA_MAX = 0.01, 50.0
 MATRIX_ROWS, MATRIX_NOISE_STD = 16, 0.05
 FEW_OBSERVED = 1
 SMC_STEPS = 50
-PARTICLE_COUNTS = (1, 2, 4, 8, 16, 32)
-DEFAULT_PARTICLES = 8
+PARTICLE_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+DEFAULT_PARTICLES = 16
 
 
 @dataclass

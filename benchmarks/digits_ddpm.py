@@ -23,6 +23,8 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from score_diffusers.datasets import load_digits_images
 
 DEFAULT_OUTPUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "digits_ddpm")
+# The DDPM of the train split only (`load_digits_images(split="train")`), for benchmarks that evaluate on the test split.
+TRAIN_SPLIT_OUTPUT_DIR = DEFAULT_OUTPUT_DIR + "_train"
 # EMA decay after warm-up; during warm-up the decay is min(DECAY, (1 + step)/(10 + step)).
 EMA_DECAY = 0.999
 
@@ -56,15 +58,17 @@ def train_digits_ddpm(
     batch_size: int = 64,
     learning_rate: float = 2e-3,
     seed: int = 0,
+    split: str = "all",
 ) -> DDPMPipeline:
-    """Train the DDPM on all 1,797 digits (in [−1, 1]) and save it with `DDPMPipeline.save_pretrained`.
+    """Train the DDPM on the digits of `split` (all 1,797 by default; `"train"`: the train split of
+    `load_digits_images`), in [−1, 1], and save it with `DDPMPipeline.save_pretrained`.
 
     Loss ‖ε_θ(√ᾱ_t·x₀ + √(1 − ᾱ_t)·ε, t) − ε‖², t uniform on 0 … N − 1 (Ho et al., 2020); Adam with a cosine learning
     rate decay; the saved unet holds the EMA weights.
     """
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
-    images, _ = load_digits_images(resolution=resolution, split="all")
+    images, _ = load_digits_images(resolution=resolution, split=split)
     scheduler = DDPMScheduler(num_train_timesteps=num_train_timesteps)
     unet = digits_unet(resolution)
     ema = copy.deepcopy(unet).requires_grad_(False)
@@ -107,5 +111,10 @@ if __name__ == "__main__":
     parser.add_argument("--output-dir", default=DEFAULT_OUTPUT_DIR)
     parser.add_argument("--retrain", action="store_true")
     parser.add_argument("--train-steps", type=int, default=2000)
+    parser.add_argument("--split", choices=("all", "train"), default="all",
+                        help="digits to train on; 'train' saves to the _train cache folder by default")
     arguments = parser.parse_args()
-    get_digits_ddpm(arguments.output_dir, retrain=arguments.retrain, train_steps=arguments.train_steps)
+    output_dir = arguments.output_dir
+    if arguments.split == "train" and output_dir == DEFAULT_OUTPUT_DIR:
+        output_dir = TRAIN_SPLIT_OUTPUT_DIR
+    get_digits_ddpm(output_dir, retrain=arguments.retrain, train_steps=arguments.train_steps, split=arguments.split)

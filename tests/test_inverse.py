@@ -473,3 +473,55 @@ def test_sdedit_bad_strength_raises(ddpm_folder, strength, message):
     pipe = ScoreImg2ImgPipeline.from_pretrained(ddpm_folder)
     with pytest.raises(ValueError, match=message):
         pipe(torch.rand(1, 1, 8, 8), strength=strength, num_inference_steps=10)
+
+
+def test_smc_particle_chunks_do_not_change_the_result():
+    """`particle_batch_size` bounds how many particles one unet call sees; the samples are the same."""
+    x0, operator = half_observed(2)
+    pipe = exact_pipeline(ScoreInverseProblemPipeline)
+    calls = []
+    forward = pipe.unet.forward
+    pipe.unet.forward = lambda sample, timestep: calls.append(len(sample)) or forward(sample, timestep)
+
+    def run(chunk):
+        return pipe(operator.forward(x0), operator, num_inference_steps=5, num_particles=6, particle_batch_size=chunk,
+                    generator=make_generator(0), output_type="latent").images
+
+    torch.testing.assert_close(run(5), run(64))
+    assert max(calls[: len(calls) // 2]) == 5 and max(calls) == 12
+
+
+class LinearNoiseFreeClassifier(torch.nn.Module):
+    """logits = W·x (ignoring the noise level), for 1 × 4 × 4 samples and 3 classes."""
+
+    device = torch.device("cpu")
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.randn(3, 16, generator=make_generator(9)))
+
+    def forward(self, sample, timestep):
+        return sample.reshape(len(sample), -1) @ self.weight.T
+
+
+@pytest.mark.parametrize("method", ["replacement", "guidance"])
+def test_classifier_guidance_combines_with_inpainting(method):
+    x0, operator = half_observed(64)
+    scheduler = SDEDPMSolverScheduler(sigma_max=20.0)
+    pipe = ScoreInverseProblemPipeline(unet=ExactScoreUNet(MIXTURE, scheduler, IMAGE_SHAPE), scheduler=scheduler,
+                                       classifier=LinearNoiseFreeClassifier())
+    pipe.set_progress_bar_config(disable=True)
+    kwargs = dict(measurement=operator.forward(x0), operator=operator, method=method, num_inference_steps=20,
+                  generator=make_generator(0), output_type="latent", class_labels=2)
+    plain = pipe(**kwargs).images
+    guided = pipe(**kwargs, guidance_scale=3.0).images
+    kept = operator.keep.expand_as(x0) > 0
+    if method == "replacement":
+        torch.testing.assert_close(guided[kept], x0[kept])
+    logits = LinearNoiseFreeClassifier()
+
+    def class_two_share(images):
+        with torch.no_grad():
+            return float((logits(images, None).argmax(1) == 2).float().mean())
+
+    assert class_two_share(guided) > class_two_share(plain)

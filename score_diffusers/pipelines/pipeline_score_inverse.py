@@ -20,7 +20,7 @@ from .pipeline_score_guided import OutputType, ScoreGuidedPipeline
 
 InverseMethod = Literal["smc", "replacement", "guidance"]
 INVERSE_METHODS: tuple[str, ...] = ("smc", "replacement", "guidance")
-DEFAULT_NUM_PARTICLES = 8
+DEFAULT_NUM_PARTICLES = 16
 # Particles per unet call in "smc": bounds the activation memory whatever `num_particles` × batch is.
 DEFAULT_PARTICLE_BATCH_SIZE = 64
 
@@ -259,7 +259,7 @@ class ScoreInverseProblemPipeline(ScoreGuidedPipeline):
             method (`str`, defaults to `"smc"`): `"smc"`, `"replacement"` or `"guidance"` (see the class docstring).
             num_inference_steps (`int`, defaults to 50): `"smc"`: steps of the particle chain; otherwise the
                 scheduler's `num_inference_steps`.
-            num_particles (`int`, defaults to 8): `"smc"` only: particles per image.
+            num_particles (`int`, defaults to 16): `"smc"` only: particles per image.
             particle_batch_size (`int`, defaults to 64): `"smc"` only: most particles per unet call.
             generator (`torch.Generator` or a list of `batch` of them, *optional*): all randomness; a list makes
                 each image reproducible on its own.
