@@ -525,3 +525,19 @@ def test_classifier_guidance_combines_with_inpainting(method):
             return float((logits(images, None).argmax(1) == 2).float().mean())
 
     assert class_two_share(guided) > class_two_share(plain)
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_sdedit_runs_with_every_scheduler(name):
+    """Every scheduler of the registry starts mid-run at the strength's entry (a multiple of its `order`)."""
+    config = {"sigma_max": 20.0, "num_train_timesteps": 10} if name == "annealed-langevin" else \
+        {"sde_type": "ve", "sigma_max": 20.0}
+    scheduler = build_scheduler(name, config)
+    x0, _ = half_observed(2)
+    images = ((x0 / 8) + 0.5).clamp(0, 1)
+    edit = exact_pipeline(ScoreImg2ImgPipeline, scheduler)
+    calls = []
+    edit(images, strength=0.5, num_inference_steps=6, generator=make_generator(0), output_type="pt",
+         callback_on_step_end=lambda pipe, i, t, kwargs: calls.append(i) or {})
+    assert len(calls) == len(edit.scheduler.timesteps) - edit.scheduler.begin_index > 0
+    assert edit.scheduler.begin_index == 3 * edit.scheduler.order
