@@ -73,7 +73,7 @@ def main() -> None:
     methods = {
         f"smc, {PARTICLES} particles × {SMC_STEPS} steps": ("smc", None, SMC_STEPS),
         f"replacement, PC, {EVALUATIONS} evaluations": ("replacement", pc, EVALUATIONS // pc.order),
-        f"guidance, probability flow, {EVALUATIONS} evaluations": ("guidance", None, EVALUATIONS),
+        f"guidance, probability flow (Heun), {EVALUATIONS} evaluations": ("guidance", None, EVALUATIONS // 2),
     }
     rows = [("real full test digits", "—", *accuracy(classifier, images, test_labels), 0.0),
             ("top half only (bottom black)", "—", *accuracy(classifier, masked, test_labels), 0.0)]

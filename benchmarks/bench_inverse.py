@@ -44,7 +44,7 @@ SIGMA_MIN, SIGMA_MAX = 0.01, 50.0
 MATRIX_ROWS, MATRIX_NOISE_STD = 16, 0.05
 FEW_OBSERVED = 1
 SMC_STEPS = 50
-PARTICLE_COUNTS = (1, 2, 4, 8, 16, 32, 64)
+PARTICLE_COUNTS = tuple(int(c) for c in __import__("os").environ.get("COUNTS", "1,2,4,8,16,32,64").split(","))
 DEFAULT_PARTICLES = 16
 
 

@@ -58,8 +58,8 @@ class ScoreInverseProblemPipeline(ScoreGuidedPipeline):
       `num_particles` evaluations per image, run `particle_batch_size` at a time.
     - `"replacement"`: score_sde's projection onto the noised measurement after every step of the pipeline's
       scheduler (any of them); treats y as noiseless; biased.
-    - `"guidance"`: ΠGDM's measurement guidance through the unet's x̂₀, with the pipeline's scheduler; one unet
-      backward per evaluation; biased.
+    - `"guidance"`: ΠGDM's measurement guidance α_t·∇ₓ log N(y; A x̂₀(x_t), σ_y²I + r_t²AAᵀ) through the unet's
+      x̂₀, with the pipeline's scheduler; one unet backward per evaluation; biased.
 
     With σ_y = 0, `"smc"` and `"replacement"` return images whose measurement is y (for a mask: the kept pixels).
     Classifier guidance (`class_labels`, `guidance_scale`) combines with `"replacement"` and `"guidance"`.
@@ -98,8 +98,8 @@ class ScoreInverseProblemPipeline(ScoreGuidedPipeline):
         classifier, measurement: torch.Tensor, operator: LinearOperator, noise_variance: float,
         prior_variance: torch.Tensor,
     ) -> torch.Tensor:
-        """The unet's output with ∇ₓ log N(y; A x̂₀(x), σ_y²I + r²AAᵀ) added to its score (through the unet), and
-        the classifier term where asked."""
+        """The unet's output with α_t·∇ₓ log N(y; A x̂₀(x), σ_y²I + r²AAᵀ) added to its score (through the unet),
+        and the classifier term where asked."""
         convention = self.scheduler.convention
         model_timestep = timestep.expand(model_input.shape[0]) if timestep.ndim == 0 else timestep
         unet_kwargs = {"class_labels": labels} if self.unet.config.get("num_class_embeds") is not None else {}
@@ -113,7 +113,9 @@ class ScoreInverseProblemPipeline(ScoreGuidedPipeline):
                                                                 variance)
             (gradient,) = torch.autograd.grad(log_likelihood.sum(), x)
         output = output.detach()
-        score_term = gradient
+        # ΠGDM's weight α_t (√ᾱ_t for VP, 1 for VE): through x̂₀ = (x + σ²s)/α the model's Jacobian enters divided by
+        # α_t, and near T its errors, not p(y | x_t), would set the term (a DDPM at 800 steps turned NaN).
+        score_term = alpha * gradient
         if guidance_scale > 0:
             score_term = score_term + guidance_scale * self._classifier_log_prob_grad(
                 classifier, model_input, model_timestep, labels, output, alpha, sigma)

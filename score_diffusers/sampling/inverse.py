@@ -9,7 +9,8 @@ AAᵀ) and works in the model's data space:
   channel it is score_sde's colorizer. It treats y as noiseless and is biased even with the exact score: the free
   coordinates see a noised observation, not y.
 - **Measurement guidance** (ΠGDM, Song et al., 2023, https://openreview.net/forum?id=9_gsMA8MRKQ): the score gains
-  ∇ₓ log N(y; A x̂₀(x_t), σ_y²I + r_t²AAᵀ), differentiated through the model's x̂₀ (`measurement_log_likelihood`).
+  α_t·∇ₓ log N(y; A x̂₀(x_t), σ_y²I + r_t²AAᵀ), differentiated through the model's x̂₀ (`measurement_log_likelihood`;
+  ΠGDM's weight α_t, which is 1 for VE).
   r_t² = σ̄²v/(σ̄² + v) (`denoised_error_variance`) is the error variance of x̂₀ when x₀ ~ N(0, vI); v is
   `prior_variance`: 1, the largest per-pixel variance of data in [−1, 1] (the pipelines' space, and ΠGDM's choice),
   or the second moment y shows where that is larger (data beyond [−1, 1]). No step size to tune. The bound σ̄² alone
