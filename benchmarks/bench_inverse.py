@@ -44,7 +44,7 @@ SIGMA_MIN, SIGMA_MAX = 0.01, 50.0
 MATRIX_ROWS, MATRIX_NOISE_STD = 16, 0.05
 FEW_OBSERVED = 1
 SMC_STEPS = 50
-PARTICLE_COUNTS = tuple(int(c) for c in __import__("os").environ.get("COUNTS", "1,2,4,8,16,32,64").split(","))
+PARTICLE_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 DEFAULT_PARTICLES = 16
 
 
@@ -100,6 +100,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--num_samples", type=int, default=1000)
+    parser.add_argument("--particles", type=int, nargs="+", default=list(PARTICLE_COUNTS),
+                        help="particle counts of the SMC rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(machine_description())
@@ -114,7 +116,7 @@ def main() -> None:
 
     default_nfe = DEFAULT_PARTICLES * SMC_STEPS
     rows: list[tuple[str, str, int]] = [("floor (two exact posterior sets)", "", 0)]
-    rows += [(f"smc, {n} particles × {SMC_STEPS} steps", "smc", n) for n in PARTICLE_COUNTS]
+    rows += [(f"smc, {n} particles × {SMC_STEPS} steps", "smc", n) for n in args.particles]
     rows += [(f"replacement, PC, {default_nfe} evaluations", "replacement", default_nfe),
              (f"guidance, SDE-DPM-Solver++, {default_nfe} evaluations", "guidance", default_nfe)]
     for problem in problems():
