@@ -145,6 +145,16 @@ class ScoreGuidedPipeline(DiffusionPipeline):
                 )
         self.register_modules(unet=unet, scheduler=as_score_scheduler(scheduler), classifier=classifier)
 
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path, **kwargs):
+        """`DiffusionPipeline.from_pretrained`; a folder that also holds its code for stock Diffusers
+        (`score_diffusers.export`) gets the components named in that code built from this package's own classes, so
+        no file of the folder is executed."""
+        from ..export import package_components
+
+        components = package_components(cls, pretrained_model_name_or_path, kwargs)
+        return super().from_pretrained(pretrained_model_name_or_path, **kwargs, **components)
+
     # ---- input checks --------------------------------------------------------------------------------------------
 
     def _known_class_counts(self) -> dict[str, int]:
