@@ -1,4 +1,9 @@
-"""The end of a run: the model card rendered from `hub_cards/` into the output folder, and the upload to the Hub."""
+"""The end of a run: the model card rendered from `hub_cards/` into the output folder, and the upload to the Hub.
+
+A pipeline folder is uploaded with its code for stock Diffusers (`score_diffusers.export`): without it a Diffusers 0.42
+Hub repository of this package's pipeline loads nowhere, not even with the package installed (Diffusers' download step
+requires the code file of every component whose library is outside Diffusers), and with it the repository also loads
+through `DiffusionPipeline.from_pretrained(repo, custom_pipeline=..., trust_remote_code=True)`."""
 
 from __future__ import annotations
 
@@ -10,6 +15,9 @@ from typing import Any
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
+
+from score_diffusers.export import custom_pipeline_name, export_code
+from score_diffusers.pipelines import ScoreGuidedPipeline
 
 from .arguments import config_for_logging
 from .checkpoints import CHECKPOINT_PREFIX
@@ -74,7 +82,8 @@ def write_pipeline_card(
     ddpm_usage: str | None = None,
 ) -> Path:
     """The model card of a saved `ScoreGuidedPipeline` (`hub_cards/pipeline_card.md`); `steps_word` names what
-    `num_inference_steps` counts."""
+    `num_inference_steps` counts. With `--push_to_hub` the card also says how stock Diffusers loads the repository
+    (the upload carries the code, see `finish`)."""
     scheduler_class = type(scheduler).__name__
     score_output = scheduler.convention.prediction_type == "score"
     return write_model_card(
@@ -102,6 +111,8 @@ def write_pipeline_card(
         processes=result.num_processes,
         images_per_second=f"{result.images_per_second:.0f}",
         ddpm_usage=ddpm_usage,
+        custom_pipeline=custom_pipeline_name(ScoreGuidedPipeline),
+        code_included=bool(args.push_to_hub),
     )
 
 
@@ -126,13 +137,24 @@ def push_to_hub(args: argparse.Namespace, output_dir: Path) -> str:
     return repo_id
 
 
+def export_pipeline_code(output_dir: Path) -> None:
+    """Write the code for stock Diffusers (`score_diffusers.export.export_code`) into `output_dir` when it holds a
+    saved pipeline (a classifier's folder has no `model_index.json` and is left as it is)."""
+    if (output_dir / "model_index.json").is_file():
+        exported = export_code(output_dir)
+        logger.info(f"Wrote the code for DiffusionPipeline.from_pretrained(..., custom_pipeline="
+                    f"{exported.custom_pipeline!r}, trust_remote_code=True) into {output_dir}")
+
+
 def finish(
     accelerator: Accelerator, args: argparse.Namespace, output_dir: Path, write_card: Callable[[], Path]
 ) -> None:
-    """Write the model card, push to the Hub if asked, and close the trackers (main process writes, all wait)."""
+    """Write the model card, push to the Hub if asked (a pipeline with its code, `export_pipeline_code`), and close
+    the trackers (main process writes, all wait)."""
     if accelerator.is_main_process:
         write_card()
         if args.push_to_hub:
+            export_pipeline_code(output_dir)
             push_to_hub(args, output_dir)
     accelerator.wait_for_everyone()
     accelerator.end_training()
