@@ -27,6 +27,8 @@ _EXPORTS: dict[str, str] = {
     "ScoreSchedulerOutput": "schedulers",
     "log_likelihood": "likelihood",
     "LikelihoodOutput": "likelihood",
+    "dequantized_log_likelihood": "likelihood",
+    "DequantizedLikelihoodOutput": "likelihood",
     "encode": "likelihood",
     "decode": "likelihood",
     "ScoreGuidedPipeline": "pipelines",
@@ -50,7 +52,14 @@ __all__ = list(_EXPORTS)
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time `__getattr__` imports on first use
     from .checks import SamplingError  # noqa: F401
     from .conventions import ModelConvention  # noqa: F401
-    from .likelihood import LikelihoodOutput, decode, encode, log_likelihood  # noqa: F401
+    from .likelihood import (  # noqa: F401
+        DequantizedLikelihoodOutput,
+        LikelihoodOutput,
+        decode,
+        dequantized_log_likelihood,
+        encode,
+        log_likelihood,
+    )
     from .models import DenoisedInputClassifier, EpsilonToScore, NoiseConditionalClassifier  # noqa: F401
     from .operators import (  # noqa: F401
         AveragePoolOperator,

@@ -48,6 +48,7 @@ Method = Literal["dopri5", "dopri8", "bosh3", "adaptive_heun", "euler", "midpoin
 GeneratorLike = torch.Generator | list[torch.Generator] | None
 
 DIVERGENCES: tuple[str, ...] = ("exact", "hutchinson")
+DEQUANTIZATIONS: tuple[str, ...] = ("uniform", "truncated_normal")
 PROBES: tuple[str, ...] = ("rademacher", "gaussian")
 # torchdiffeq's adaptive solvers take `rtol`/`atol`; its fixed-grid ones take `num_steps` instead.
 TORCHDIFFEQ_ADAPTIVE_METHODS: tuple[str, ...] = ("dopri5", "dopri8", "bosh3", "adaptive_heun")
@@ -101,6 +102,8 @@ class LikelihoodOutput(BaseOutput):
             divergence, NaN for a single probe. Divide by D ln 2 for bits/dim.
         prior_log_prob (`torch.Tensor` of shape `(batch,)`):
             log p_1(x_1) under the SDE's prior; `log_likelihood − prior_log_prob` is ∫ ∇·F dt.
+        dequantization (`str`): the dequantisation convention of `bits_per_dim`: `"none"`, `"uniform"` or
+            `"truncated_normal(std=… bins)"`.
     """
 
     log_likelihood: torch.Tensor
@@ -109,6 +112,24 @@ class LikelihoodOutput(BaseOutput):
     latent: torch.Tensor
     log_likelihood_stderr: torch.Tensor
     prior_log_prob: torch.Tensor
+    dequantization: str = "none"
+
+
+@dataclass
+class DequantizedLikelihoodOutput(BaseOutput):
+    """Output of `dequantized_log_likelihood`.
+
+    Args:
+        bits_per_dim (`torch.Tensor` of shape `(batch,)`): the importance-weighted bound on −log₂ P(k)/D, 8-bit scale.
+        bits_per_dim_per_draw (`torch.Tensor` of shape `(batch, K)`): each draw's own bound (`log_likelihood`'s).
+        nfe (`int`): evaluations of the ODE's right-hand side for all K × batch solves.
+        dequantization (`str`): the convention, e.g. `"importance_weighted(K=10, truncated_normal(std=1.3 bins))"`.
+    """
+
+    bits_per_dim: torch.Tensor
+    bits_per_dim_per_draw: torch.Tensor
+    nfe: int
+    dequantization: str
 
 
 @dataclass
@@ -161,10 +182,17 @@ class _ProbabilityFlow:
     integration.
     """
 
-    def __init__(self, model: Callable[..., Any], convention: ModelConvention):
+    def __init__(self, model: Callable[..., Any], convention: ModelConvention,
+                 class_labels: torch.Tensor | None = None):
         self.model = model
         self.convention = convention
         self.model_dtype = _model_dtype(model)
+        self.class_labels = class_labels
+
+    def for_rows(self, rows: slice) -> _ProbabilityFlow:
+        """The flow of the samples `rows` of the batch (their class labels)."""
+        labels = None if self.class_labels is None else self.class_labels[rows]
+        return _ProbabilityFlow(self.model, self.convention, labels)
 
     def __call__(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """The drift at `x` of shape `(batch, *dims)` and time `t`, shape and dtype of `x`."""
@@ -178,7 +206,8 @@ class _ProbabilityFlow:
         """∇ₓ log p_t(x) from the model, shape and dtype of `x`."""
         dtype = self.model_dtype or x.dtype
         timestep = self.convention.timestep(t).to(device=x.device, dtype=dtype).expand(x.shape[0])
-        output = self.model(x.to(dtype), timestep)
+        kwargs = {} if self.class_labels is None else {"class_labels": self.class_labels.to(x.device)}
+        output = self.model(x.to(dtype), timestep, **kwargs)
         output = getattr(output, "sample", output)
         if not isinstance(output, torch.Tensor) or output.shape != x.shape:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
@@ -473,19 +502,49 @@ def _draw_per_sample(
     return draw(shape, generator, generator.device if generator is not None else torch.device("cpu")).to(device)
 
 
+def _dequantization_kind(dequantize: bool | str) -> str | None:
+    """`None` (no dequantisation), `"uniform"` or `"truncated_normal"` from `log_likelihood`'s `dequantize`."""
+    if dequantize is False or dequantize is None:
+        return None
+    if dequantize is True:
+        return "uniform"
+    check_choice("dequantize", dequantize, DEQUANTIZATIONS)
+    return dequantize
+
+
+def truncated_normal_std(convention: ModelConvention, data_range: tuple[float, float]) -> float:
+    """The truncated-normal dequantisation's std in 8-bit bin units: σ̄_ε = σ_ε/α_ε, the model's least noise,
+    measured in bins of width (high − low)/256, so that the dequantisation noise looks like the forward process at ε
+    (the training-free choice of i-DODE, Zheng et al., 2023, https://arxiv.org/abs/2305.03935)."""
+    alpha, sigma = convention.coefficients(torch.tensor(convention.sampling_eps, dtype=torch.float64))
+    low, high = data_range
+    return float(sigma / alpha) * EIGHT_BIT_LEVELS / (high - low)
+
+
 def _dequantize(
-    samples: torch.Tensor, data_range: tuple[float, float], generator: GeneratorLike
-) -> torch.Tensor:
-    """Uniform dequantisation on the 8-bit grid: level k = round((x − lo)/(hi − lo)·255) becomes
-    lo + (hi − lo)·(k + u)/256 with u ~ U[0, 1) drawn from `generator`."""
+    samples: torch.Tensor, data_range: tuple[float, float], generator: GeneratorLike, kind: str, std: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Dequantisation on the 8-bit grid: level k = round((x − lo)/(hi − lo)·255) becomes lo + (hi − lo)·(k + v)/256
+    with v in [0, 1) drawn from `generator`: uniform, or (`"truncated_normal"`) ½ + N(0, std²) truncated to
+    [−½, ½] (std in bins). Returns the points and Σ_d log q(v_d) per sample (0 for uniform), the log-density of the
+    noise in bin units, which a bound on −log P(k) adds to −log p(x)."""
     low, high = data_range
     width = high - low
     levels = torch.round((samples - low) / width * _MAX_LEVEL).clamp(0, _MAX_LEVEL)
-    noise = _draw_per_sample(
+    uniform = _draw_per_sample(
         lambda shape, g, device: torch.rand(shape, generator=g, device=device, dtype=samples.dtype),
         tuple(samples.shape), generator, samples.device,
     )
-    return low + width * (levels + noise) / EIGHT_BIT_LEVELS
+    if kind == "uniform":
+        return low + width * (levels + uniform) / EIGHT_BIT_LEVELS, samples.new_zeros(samples.shape[0])
+    # Inverse CDF of N(0, std²) on [−½, ½]: v = std·Φ⁻¹(Φ(a) + U·(Φ(b) − Φ(a))), a = −b = −½/std.
+    edge = torch.tensor(0.5 / std, dtype=torch.float64)
+    lower, mass = torch.special.ndtr(-edge), torch.special.ndtr(edge) - torch.special.ndtr(-edge)
+    offset = std * torch.special.ndtri(lower + uniform.double() * mass)
+    offset = offset.clamp(-0.5, 0.5 - 1e-12)
+    log_q = -0.5 * (offset / std) ** 2 - math.log(std * math.sqrt(2 * math.pi)) - torch.log(mass)
+    points = low + width * (levels + 0.5 + offset.to(samples.dtype)) / EIGHT_BIT_LEVELS
+    return points, log_q.flatten(1).sum(1).to(samples.dtype)
 
 
 def _draw_probes(
@@ -515,7 +574,8 @@ def log_likelihood(
     samples: torch.Tensor,
     *,
     data_range: tuple[float, float] | None = None,
-    dequantize: bool = False,
+    dequantize: bool | str = False,
+    class_labels: torch.Tensor | None = None,
     divergence: Divergence = "hutchinson",
     probe: Probe = "rademacher",
     num_probes: int = 1,
@@ -547,8 +607,14 @@ def log_likelihood(
         data_range (`tuple[float, float]`, *optional*): declares `samples` to be 8-bit image data scaled to
             [low, high] (level k ↦ low + (high − low)·k/255). Samples outside raise; `bits_per_dim` is then reported
             on the 8-bit scale (`eight_bit_offset`: +7 for [−1, 1], +8 for [0, 1]).
-        dequantize (`bool`, defaults to `False`): replace level k by (k + u)/256 scaled to `data_range`,
-            u ~ U[0, 1) from `generator`, as score_sde does; needs `data_range`.
+        dequantize (`bool` or `str`, defaults to `False`): replace level k by (k + v)/256 scaled to `data_range`,
+            v from `generator`; needs `data_range`. `True` or `"uniform"`: v ~ U[0, 1), as score_sde does;
+            `"truncated_normal"`: v = ½ + N(0, s²) truncated to [−½, ½] with s = `truncated_normal_std` (the
+            model's σ̄_ε in bins), and `bits_per_dim` adds Σ log q(v)/(D ln 2), so it stays a bound on the 8-bit
+            data's −log₂ P(k)/D (tighter where the model is smooth at ε). `dequantized_log_likelihood` averages
+            K draws in the importance-weighted bound.
+        class_labels (`torch.Tensor` of shape `(batch,)`, *optional*): passed to the model as `class_labels=`
+            (a class-conditional unet's `num_class_embeds`), chunk by chunk.
         divergence (`str`, defaults to `"hutchinson"`): `"exact"` (D backward passes per evaluation, one gradient
             held at a time, so the memory of one backward pass; a warning above `EXACT_DIVERGENCE_WARN_DIM`) or
             `"hutchinson"` (`num_probes` backward passes).
@@ -583,12 +649,16 @@ def log_likelihood(
     settings = _check_solver_settings(
         method=method, rtol=rtol, atol=atol, num_steps=num_steps, batch_size=batch_size, show_progress=show_progress
     )
-    if dequantize and data_range is None:
-        raise ValueError("`dequantize=True` needs `data_range`, the range the 8-bit data was scaled to.")
+    kind = _dequantization_kind(dequantize)
+    if kind is not None and data_range is None:
+        raise ValueError(f"`dequantize={dequantize!r}` needs `data_range`, the range the 8-bit data was scaled to.")
+    labels = _checked_class_labels(class_labels, samples)
+    log_q = samples.new_zeros(samples.shape[0])
     if data_range is not None:
         data_range = _check_data_range(samples, data_range)
-        if dequantize:
-            samples = _dequantize(samples, data_range, generator)
+        if kind is not None:
+            std = truncated_normal_std(convention, data_range)
+            samples, log_q = _dequantize(samples, data_range, generator, kind, std)
 
     batch, dims = samples.shape[0], samples.shape[1:]
     dim = samples[0].numel()
@@ -606,14 +676,15 @@ def log_likelihood(
     # State rows: the sample's D coordinates, then one divergence integral per probe (one when exact).
     num_integrals = num_probes if probes is not None else 1
     states = torch.cat([samples.reshape(batch, dim), samples.new_zeros(batch, num_integrals)], dim=1)
-    flow = _ProbabilityFlow(model, convention)
+    flow = _ProbabilityFlow(model, convention, labels)
 
     def make_rhs(rows: slice) -> Callable[[float, torch.Tensor], torch.Tensor]:
         chunk_probes = None if probes is None else probes[rows]
+        chunk_flow = flow.for_rows(rows)
 
         def rhs(t: float, y: torch.Tensor) -> torch.Tensor:
             x = y[:, :dim].reshape(y.shape[0], *dims)
-            drift, div = _drift_and_divergence(flow, x, t, chunk_probes)
+            drift, div = _drift_and_divergence(chunk_flow, x, t, chunk_probes)
             return torch.cat([drift.reshape(y.shape[0], dim), div], dim=1)
 
         return rhs
@@ -630,7 +701,7 @@ def log_likelihood(
     else:
         stderr = per_probe.std(dim=1) / math.sqrt(num_probes)
     offset = eight_bit_offset(data_range) if data_range is not None else 0.0
-    bits_per_dim = -log_p / (dim * math.log(2)) + offset
+    bits_per_dim = (log_q - log_p) / (dim * math.log(2)) + offset
     return LikelihoodOutput(
         log_likelihood=log_p,
         bits_per_dim=bits_per_dim,
@@ -638,11 +709,89 @@ def log_likelihood(
         latent=latent,
         log_likelihood_stderr=stderr,
         prior_log_prob=prior_log_prob,
+        dequantization=_dequantization_name(kind, convention, data_range),
+    )
+
+
+def _dequantization_name(kind: str | None, convention: ModelConvention, data_range) -> str:
+    if kind is None:
+        return "none"
+    if kind == "uniform":
+        return "uniform"
+    return f"truncated_normal(std={truncated_normal_std(convention, data_range):.3g} bins)"
+
+
+def _checked_class_labels(class_labels: Any, samples: torch.Tensor) -> torch.Tensor | None:
+    if class_labels is None:
+        return None
+    labels = torch.as_tensor(class_labels)
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        raise ValueError(f"`class_labels` must be integers; got {labels.dtype}.")
+    labels = labels.to(torch.long).flatten()
+    if labels.numel() == 1:
+        labels = labels.expand(samples.shape[0])
+    if labels.numel() != samples.shape[0]:
+        raise ValueError(f"`class_labels` must be one label or one per sample ({samples.shape[0]}); got "
+                         f"{labels.numel()}.")
+    return labels
+
+
+def dequantized_log_likelihood(
+    model: Callable[..., Any],
+    scheduler: ConventionLike,
+    samples: torch.Tensor,
+    *,
+    data_range: tuple[float, float],
+    dequantization: str = "truncated_normal",
+    num_samples: int = 1,
+    generator: GeneratorLike = None,
+    class_labels: torch.Tensor | None = None,
+    **kwargs: Any,
+) -> DequantizedLikelihoodOutput:
+    """Bits/dim of 8-bit data with K dequantisation draws per image, in the importance-weighted bound
+    −log P(k) ≤ −log (1/K) Σ_j p(x_j)/q(v_j) (Burda et al.'s bound; K = 1 is `log_likelihood`'s), as flow-model papers
+    report it with K up to 50 (Lipman et al., 2023): it tightens as K grows.
+
+    Args:
+        model, scheduler, samples, data_range, class_labels: as for `log_likelihood` (`data_range` required).
+        dequantization (`str`, defaults to `"truncated_normal"`): `"uniform"` or `"truncated_normal"` (see
+            `log_likelihood`'s `dequantize`).
+        num_samples (`int`, defaults to 1): K draws per image, solved as one batch of K × batch samples.
+        generator (`torch.Generator` or a list of one per image, *optional*): with a list, image i's K draws (and
+            probes) come from generator i.
+        **kwargs: the solver and divergence arguments of `log_likelihood`.
+
+    Returns:
+        `DequantizedLikelihoodOutput`.
+    """
+    check_positive_int("num_samples", num_samples)
+    check_choice("dequantization", dequantization, DEQUANTIZATIONS)
+    samples = _checked_samples(samples, "samples", kwargs.get("dtype"), model)
+    batch = samples.shape[0]
+    if isinstance(generator, list):
+        if len(generator) != batch:
+            raise ValueError(f"`generator` is a list of {len(generator)}; it must hold one per image ({batch}).")
+        generator = [g for g in generator for _ in range(num_samples)]
+    labels = _checked_class_labels(class_labels, samples)
+    result = log_likelihood(
+        model, scheduler, samples.repeat_interleave(num_samples, dim=0), data_range=data_range,
+        dequantize=dequantization, generator=generator,
+        class_labels=None if labels is None else labels.repeat_interleave(num_samples), **kwargs,
+    )
+    dim = samples[0].numel()
+    per_draw = result.bits_per_dim.reshape(batch, num_samples)
+    log_weights = -per_draw.double() * dim * math.log(2)
+    bound = -(torch.logsumexp(log_weights, dim=1) - math.log(num_samples)) / (dim * math.log(2))
+    return DequantizedLikelihoodOutput(
+        bits_per_dim=bound.to(per_draw.dtype), bits_per_dim_per_draw=per_draw, nfe=result.nfe,
+        dequantization=f"importance_weighted(K={num_samples}, {result.dequantization})" if num_samples > 1
+        else result.dequantization,
     )
 
 
 # Arguments of `log_likelihood` that `encode` and `decode` have no use for.
-_LIKELIHOOD_ONLY_ARGUMENTS = frozenset({"data_range", "dequantize", "divergence", "probe", "num_probes", "generator"})
+_LIKELIHOOD_ONLY_ARGUMENTS = frozenset({"data_range", "dequantize", "divergence", "probe", "num_probes", "generator",
+                                        "class_labels"})
 
 
 class SolverKwargs(TypedDict, total=False):
