@@ -31,345 +31,41 @@ components from this package's own classes first (`package_components`) and pass
 executed. Hub repositories without these files do not load through `from_pretrained` from the Hub at all in Diffusers
 0.42 (its download step requires `<component>/<library>.py` for a component library outside Diffusers).
 
-The bundle is made from this package's source at export time (one source of truth): the modules the pipeline and
-component classes import, followed transitively, ordered so that each comes after those it imports at module level;
-`from .x import a` lines are dropped (the names are module-level names of the one file), `from .x import a as b`
-becomes `b = a`, `from .. import sampling` becomes a `types.SimpleNamespace` of that package's names. Anything this
-cannot flatten faithfully (two modules defining one name, a builtin shadowed, a star import, an attribute of a
-namespace that it lacks) raises an `ExportError` naming it, so the package's own test suite catches a change that
-would break the export.
+The bundle is made from this package's source at export time (one source of truth, `score_diffusers.flatten`): the
+modules the pipeline and component classes import, followed transitively and flattened into one namespace with each
+binding's meaning kept. What cannot be flattened faithfully raises an `ExportError` naming the module and line, so the
+package's test suite catches a change that would break the export.
 """
 
 from __future__ import annotations
 
-import ast
-import builtins
 import hashlib
 import importlib
 import json
 import os
 import re
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from .flatten import FlattenError, flatten_modules
 
 PACKAGE = __name__.rpartition(".")[0]
 PACKAGE_DIR = Path(__file__).resolve().parent
 BUNDLE_PREFIX = f"{PACKAGE}_bundle_"
 _HASH_LENGTH = 12
 _MODEL_INDEX = "model_index.json"
-# Diffusers' own patterns for the relative imports it copies (`dynamic_modules_utils.get_relative_imports`): no line of
-# the bundle may match them.
-_RELATIVE_IMPORT_LINE = re.compile(r"^\s*(?:import\s+\.(\S+)\s*$|from\s+\.(\S+)\s+import)", re.MULTILINE)
-# Package modules the bundle leaves out, with what their names become in it. This module itself: in the bundle,
-# `from_pretrained` finds no component to build from the package, and Diffusers' own loading applies.
+# Package modules the bundle leaves out, with what the names a function imports from them become. This module itself:
+# in the bundle, `from_pretrained` finds no component to build from the package, and Diffusers' own loading applies.
 _LEFT_OUT: dict[str, dict[str, str]] = {__name__: {"package_components": "lambda pipeline_class, source, kwargs: {}"}}
-# Names the bundle's header binds.
-_HEADER = "from __future__ import annotations\n\nimport types\n"
-_HEADER_IMPORTS = {"types": "import types"}
 
 
 class ExportError(ValueError):
     """The folder or the package's source cannot be exported as self-contained code."""
 
 
-# ---- reading the package's modules -----------------------------------------------------------------------------------
-
-
-@dataclass
-class _ModuleInfo:
-    """One module of the package as the bundle needs it: its text with the intra-package imports cut out, what it
-    imports from the package (at module level, which orders the bundle, or inside functions), what it binds."""
-
-    name: str
-    path: Path
-    is_package: bool
-    lines: list[str]
-    top_level_deps: set[str] = field(default_factory=set)
-    lazy_deps: set[str] = field(default_factory=set)
-    # Namespace imports (`from .. import sampling`): bound name -> module name.
-    namespaces: dict[str, str] = field(default_factory=dict)
-    # Names the module defines or re-binds at module level (defs, classes, assignments, aliases) -> the statement
-    # (its syntax tree, dumped): two modules may bind one name by the same statement, e.g. `logger = ...(__name__)`.
-    defined: dict[str, str] = field(default_factory=dict)
-    # Names it imports unchanged from other modules of the package (what a package's `__init__` re-exports).
-    reexported: set[str] = field(default_factory=set)
-    # Names bound at module level by absolute imports -> the import, to catch two modules binding one name differently.
-    imported: dict[str, str] = field(default_factory=dict)
-    # `__all__` if the module lists one, else None.
-    public: list[str] | None = None
-    future: set[str] = field(default_factory=set)
-
-
-def _relative_path(module: str) -> Path:
-    return Path(*module.split(".")[1:])
-
-
-def _module_file(module: str) -> tuple[Path, bool] | None:
-    """(file, is_package) of a module of the package, or None when `module` is not one."""
-    if not _is_package_name(module):
-        return None
-    base = PACKAGE_DIR / _relative_path(module)
-    if (base / "__init__.py").is_file():
-        return base / "__init__.py", True
-    if module != PACKAGE and base.with_suffix(".py").is_file():
-        return base.with_suffix(".py"), False
-    return None
-
-
-def _target_module(module: str, is_package: bool, node: ast.ImportFrom) -> str | None:
-    """The package module an import refers to, or None for an import from outside the package."""
-    if node.level == 0:
-        return node.module if node.module and _is_package_name(node.module) else None
-    package = module.split(".") if is_package else module.split(".")[:-1]
-    if node.level - 1 >= len(package):
-        raise ExportError(f"{module}: `from {'.' * node.level}{node.module or ''} import` leaves the package.")
-    base = package[: len(package) - (node.level - 1)]
-    return ".".join(base + ([node.module] if node.module else []))
-
-
-def _check_not_top_level(module: str, node: ast.ImportFrom, target: str, name: str) -> None:
-    """The package's own `__init__` imports its modules lazily by name; the bundle takes names from those modules."""
-    if target == PACKAGE:
-        raise ExportError(f"{module}:{node.lineno}: imports {name} from the package's top level; import it from "
-                          f"the module that defines it.")
-
-
-def _is_package_name(name: str) -> bool:
-    return name == PACKAGE or name.startswith(PACKAGE + ".")
-
-
-def _module_level_statements(body: Sequence[ast.stmt]) -> Iterable[ast.stmt]:
-    """The statements that run at import: the module's body and the blocks of its `if` / `try` / `with` / loops."""
-    for node in body:
-        yield node
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-            continue
-        for name in ("body", "orelse", "finalbody"):
-            yield from _module_level_statements(getattr(node, name, []))
-        for handler in getattr(node, "handlers", []):
-            yield from _module_level_statements(handler.body)
-
-
-def _bound_names(node: ast.stmt) -> list[str]:
-    """Names a module-level statement binds (imports apart)."""
-    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
-        return [node.name]
-    if isinstance(node, ast.Assign):
-        targets = node.targets
-    elif isinstance(node, (ast.AnnAssign, ast.AugAssign, ast.For, ast.AsyncFor)):
-        targets = [node.target]
-    elif isinstance(node, (ast.With, ast.AsyncWith)):
-        targets = [item.optional_vars for item in node.items if item.optional_vars is not None]
-    else:
-        return []
-    return [sub.id for target in targets for sub in ast.walk(target) if isinstance(sub, ast.Name)]
-
-
-def _in_function(node: ast.AST, parents: Mapping[ast.AST, ast.AST]) -> bool:
-    while node in parents:
-        node = parents[node]
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
-            return True
-    return False
-
-
-def _literal_names(node: ast.expr) -> list[str] | None:
-    try:
-        value = ast.literal_eval(node)
-    except ValueError:
-        return None
-    return list(value) if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value) else None
-
-
-def _read_module(module: str) -> _ModuleInfo:
-    located = _module_file(module)
-    if located is None:
-        raise ExportError(f"{module} is not a module of {PACKAGE} (looked in {PACKAGE_DIR}).")
-    path, is_package = located
-    source = path.read_text(encoding="utf-8")
-    tree = ast.parse(source, filename=str(path))
-    info = _ModuleInfo(module, path, is_package, source.splitlines())
-    parents = {child: parent for parent in ast.walk(tree) for child in ast.iter_child_nodes(parent)}
-    module_level = list(_module_level_statements(tree.body))
-    # (first line, last line, replacement lines), 1-based and inclusive.
-    cuts: list[tuple[int, int, list[str]]] = []
-
-    def cut(node: ast.stmt, replacement: list[str]) -> None:
-        first, last = info.lines[node.lineno - 1], info.lines[(node.end_lineno or node.lineno) - 1]
-        after = last[node.end_col_offset:].strip()
-        if first[: node.col_offset].strip() or (after and not after.startswith("#")):
-            raise ExportError(f"{module}:{node.lineno}: a statement sharing its line with another cannot be cut.")
-        cuts.append((node.lineno, node.end_lineno or node.lineno, replacement))
-
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import) and any(_is_package_name(alias.name) for alias in node.names):
-            raise ExportError(f"{module}:{node.lineno}: `import {PACKAGE}...`; import from the package with `from`.")
-        if not isinstance(node, ast.ImportFrom):
-            continue
-        if node.module == "__future__":
-            if node not in tree.body:
-                raise ExportError(f"{module}:{node.lineno}: `from __future__` below the module level.")
-            info.future.update(alias.name for alias in node.names)
-            cut(node, [])
-            continue
-        target = _target_module(module, is_package, node)
-        if target is None:
-            continue
-        lazy = _in_function(node, parents)
-        indent = " " * node.col_offset
-        replacement = []
-        if target in _LEFT_OUT:
-            for alias in node.names:
-                if not lazy or alias.name not in _LEFT_OUT[target]:
-                    raise ExportError(f"{module}:{node.lineno}: imports {alias.name} of {target}, which is not bundled.")
-                replacement.append(f"{indent}{alias.asname or alias.name} = {_LEFT_OUT[target][alias.name]}")
-            cut(node, replacement)
-            continue
-        for alias in node.names:
-            if alias.name == "*":
-                raise ExportError(f"{module}:{node.lineno}: star import from {target}.")
-            bound = alias.asname or alias.name
-            if _module_file(f"{target}.{alias.name}") is not None:
-                # A module used as a namespace: bound at the bundle's module level after that module's section.
-                (info.lazy_deps if lazy else info.top_level_deps).add(f"{target}.{alias.name}")
-                info.namespaces[bound] = f"{target}.{alias.name}"
-                continue
-            _check_not_top_level(module, node, target, alias.name)
-            if _module_file(target) is None:
-                raise ExportError(f"{module}:{node.lineno}: {target} is not a module of {PACKAGE}.")
-            (info.lazy_deps if lazy else info.top_level_deps).add(target)
-            if bound != alias.name:
-                replacement.append(f"{indent}{bound} = {alias.name}")
-            if not lazy and bound != alias.name:
-                info.defined[bound] = f"{bound} = {target}.{alias.name}"
-            elif not lazy:
-                info.reexported.add(bound)
-        if node not in tree.body and not replacement:
-            # Keep the block it stood in a valid block.
-            replacement = [f"{indent}pass"]
-        cut(node, replacement)
-
-    for node in module_level:
-        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
-            if node not in tree.body:
-                raise ExportError(f"{module}:{node.lineno}: `__all__` assigned below the module level.")
-            info.public = _literal_names(node.value)
-            cut(node, [])
-        elif isinstance(node, (ast.AugAssign, ast.AnnAssign)) and getattr(node.target, "id", None) == "__all__":
-            raise ExportError(f"{module}:{node.lineno}: `__all__` changed after its assignment.")
-        elif isinstance(node, ast.Import):
-            for alias in node.names:
-                if alias.asname:
-                    info.imported[alias.asname] = f"import {alias.name} as {alias.asname}"
-                else:
-                    info.imported[alias.name.split(".")[0]] = f"import {alias.name.split('.')[0]}"
-        elif isinstance(node, ast.ImportFrom):
-            if node.module != "__future__" and _target_module(module, is_package, node) is None:
-                for alias in node.names:
-                    info.imported[alias.asname or alias.name] = f"from {node.module} import {alias.name}"
-        else:
-            info.defined.update(dict.fromkeys(_bound_names(node), ast.dump(node)))
-
-    for first, last, replacement in sorted(cuts, reverse=True):
-        info.lines[first - 1 : last] = replacement
-    return info
-
-
 # ---- the bundle ------------------------------------------------------------------------------------------------------
-
-
-def _closure(roots: Sequence[str]) -> dict[str, _ModuleInfo]:
-    modules: dict[str, _ModuleInfo] = {}
-    pending = list(roots)
-    while pending:
-        name = pending.pop()
-        if name in modules:
-            continue
-        modules[name] = info = _read_module(name)
-        pending.extend(sorted(info.top_level_deps | info.lazy_deps))
-    return modules
-
-
-def _module_order(roots: Sequence[str], modules: Mapping[str, _ModuleInfo]) -> list[str]:
-    """Each module after those it imports at module level (depth first, in a fixed order)."""
-    order: list[str] = []
-    state: dict[str, str] = {}
-
-    def visit(name: str, chain: tuple[str, ...]) -> None:
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "active":
-            cycle = " -> ".join((*chain[chain.index(name):], name))
-            raise ExportError(f"import cycle at module level: {cycle}.")
-        state[name] = "active"
-        for dep in sorted(modules[name].top_level_deps):
-            visit(dep, (*chain, name))
-        state[name] = "done"
-        order.append(name)
-
-    for name in [*roots, *sorted(modules)]:
-        visit(name, ())
-    return order
-
-
-def _namespace_names(info: _ModuleInfo) -> list[str]:
-    """What `module.name` can read: its `__all__`, else its public module-level names, re-exports included."""
-    if info.public is not None:
-        return info.public
-    return sorted(name for name in {*info.defined, *info.reexported} if not name.startswith("_"))
-
-
-def _check_names(order: Sequence[str], modules: Mapping[str, _ModuleInfo],
-                 namespaces: Mapping[str, tuple[str, list[str]]]) -> None:
-    """One meaning per module-level name of the bundle."""
-    owners: dict[str, str] = {}
-    statements: dict[str, str] = {}
-    imports: dict[str, tuple[str, str]] = {name: ("the bundle's header", stmt) for name, stmt in _HEADER_IMPORTS.items()}
-    for name in order:
-        info = modules[name]
-        for bound, statement in info.imported.items():
-            first = imports.setdefault(bound, (name, statement))
-            if first[1] != statement:
-                raise ExportError(f"`{bound}` is bound by `{first[1]}` in {first[0]} and by `{statement}` in {name}.")
-        for bound, statement in info.defined.items():
-            if statements.setdefault(bound, statement) != statement:
-                raise ExportError(
-                    f"`{bound}` is defined at module level in both {owners[bound]} and {name}, differently; the "
-                    "bundle holds one module namespace, so rename one or import it from the other."
-                )
-            owners.setdefault(bound, name)
-    for bound, (module, _) in namespaces.items():
-        if bound in owners:
-            raise ExportError(f"`{bound}` names the namespace of {module} and is defined in {owners[bound]}.")
-        owners[bound] = f"the namespace of {module}"
-    for bound, owner in owners.items():
-        if bound in imports:
-            raise ExportError(f"`{bound}` is defined in {owner} and imported in {imports[bound][0]}.")
-        if hasattr(builtins, bound) and not bound.startswith("__"):
-            raise ExportError(f"`{bound}` defined in {owner} would shadow the builtin for every module of the bundle.")
-
-
-def _check_namespace_attributes(modules: Mapping[str, _ModuleInfo], namespaces: Mapping[str, tuple[str, list[str]]]):
-    """Every `namespace.attribute` the modules read exists in the namespace the bundle builds."""
-    for info in modules.values():
-        bound_here = {bound for bound in info.namespaces}
-        if not bound_here:
-            continue
-        tree = ast.parse("\n".join(info.lines))
-        for node in ast.walk(tree):
-            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in bound_here:
-                module, names = namespaces[node.value.id]
-                if node.attr not in names:
-                    raise ExportError(
-                        f"{info.name} reads `{node.value.id}.{node.attr}`, which the namespace of {module} lacks "
-                        f"(it holds {', '.join(names)})."
-                    )
-
-
-def _namespace_statement(bound: str, names: Sequence[str]) -> list[str]:
-    return [f"{bound} = types.SimpleNamespace(", *(f"    {name}={name}," for name in names), ")"]
 
 
 @dataclass(frozen=True)
@@ -382,51 +78,21 @@ class Bundle:
 
 
 def build_bundle(roots: Iterable[str]) -> Bundle:
-    """Flatten the package modules `roots` (dotted names, e.g. `"score_diffusers.pipelines.pipeline_score_guided"`) and
-    every package module they import into one self-contained module; see the module docstring for the rules."""
-    roots = list(dict.fromkeys(roots))
-    modules = _closure(roots)
-    order = _module_order(roots, modules)
-    namespaces: dict[str, tuple[str, list[str]]] = {}
-    for info in modules.values():
-        for bound, module in info.namespaces.items():
-            names = _namespace_names(modules[module])
-            if bound in namespaces and namespaces[bound][0] != module:
-                raise ExportError(f"`{bound}` names both the namespace of {namespaces[bound][0]} and of {module}.")
-            namespaces[bound] = (module, names)
-    _check_names(order, modules, namespaces)
-    _check_namespace_attributes(modules, namespaces)
-    futures = set().union(*(info.future for info in modules.values())) - {"annotations"}
-    if futures:
-        raise ExportError(f"`from __future__ import {', '.join(sorted(futures))}` is not supported by the bundle.")
-
+    """The package modules `roots` (dotted names, e.g. `"score_diffusers.pipelines.pipeline_score_guided"`) and every
+    package module they import, flattened into one self-contained module (`score_diffusers.flatten`), named after a
+    hash of its text."""
     from . import __version__
 
-    sections = []
-    for name in order:
-        info = modules[name]
-        rule = "# " + "-" * 116
-        section = [rule, f"# {info.path.relative_to(PACKAGE_DIR.parent).as_posix()}", rule]
-        body = "\n".join(info.lines).strip("\n")
-        if body:
-            section += ["", body]
-        for bound, (module, names) in sorted(namespaces.items()):
-            if module == name:
-                section += ["", *_namespace_statement(bound, names)]
-        sections.append("\n".join(section))
-    docstring = (
-        f'"""The modules of {PACKAGE} {__version__} that this repository\'s pipeline and components need, flattened into\n'
-        f"one file by `{PACKAGE}.export` from the package's own source; regenerate it rather than editing it.\n\n"
-        f"Modules, in order: {', '.join(order)}.\n"
-        '"""'
-    )
-    source = "\n\n\n".join([docstring + "\n\n" + _HEADER.rstrip("\n"), *sections]) + "\n"
-    for match in _RELATIVE_IMPORT_LINE.finditer(source):
-        line = source[: match.start()].count("\n") + 1
-        raise ExportError(f"line {line} of the bundle reads as a relative import to Diffusers: {match.group(0)!r}.")
-    compile(source, "<bundle>", "exec")
-    digest = hashlib.sha256(source.encode()).hexdigest()[:_HASH_LENGTH]
-    return Bundle(name=BUNDLE_PREFIX + digest, source=source, modules=tuple(order))
+    roots = list(roots)
+    try:
+        flattened = flatten_modules(roots, package=PACKAGE, package_dir=PACKAGE_DIR, left_out=_LEFT_OUT,
+                                    docstring=f"The modules of {PACKAGE} {__version__} that a saved pipeline needs, flattened into "
+                                    f"one file by\n`{PACKAGE}.export` from the package's own source; regenerate it "
+                                    "rather than editing it.\n")
+    except FlattenError as error:
+        raise ExportError(f"{PACKAGE} cannot be exported as self-contained code: {error}") from error
+    digest = hashlib.sha256(flattened.source.encode()).hexdigest()[:_HASH_LENGTH]
+    return Bundle(name=BUNDLE_PREFIX + digest, source=flattened.source, modules=flattened.modules)
 
 
 # ---- exporting a folder ----------------------------------------------------------------------------------------------
@@ -461,18 +127,26 @@ def _package_entries(model_index: Mapping[str, Any]) -> dict[str, tuple[str, str
         and len(entry) == 2
         and isinstance(entry[0], str)
         and isinstance(entry[1], str)
-        and _is_package_name(entry[0])
+        and entry[0].startswith(PACKAGE + ".")
     }
 
 
 def _package_class(library: str, class_name: str, what: str) -> type:
     """`class_name` of the package module `library`; only this package's modules are ever imported."""
-    if _module_file(library) is None:
+    parts = library.split(".")
+    if parts[0] != PACKAGE or len(parts) < 2 or not all(part.isidentifier() for part in parts) \
+            or not PACKAGE_DIR.joinpath(*parts[1:]).with_suffix(".py").is_file():
         raise ExportError(f"{what}: {library} is not a module of {PACKAGE}.")
     klass = getattr(importlib.import_module(library), class_name, None)
     if not isinstance(klass, type) or klass.__module__ != library:
         raise ExportError(f"{what}: {library} defines no class {class_name}.")
     return klass
+
+
+# Both stubs import the bundle by the name their file's text gives when it runs, not by a name compiled into them:
+# Diffusers copies every local folder's files into one cache folder, and Python may run the cached compilation of an
+# earlier copy of a same-sized file there (its check is the file's size and modification second), e.g. the stub of a
+# folder exported by another version of this package and loaded just before.
 
 
 def _component_stub(component: str, library: str, class_name: str, bundle: str, custom_pipeline: str) -> str:
@@ -484,12 +158,16 @@ pipeline `{custom_pipeline}.py` imports, in the same namespace, so that the pipe
 """
 
 import importlib
+import re
+from pathlib import Path
 
 _LIBRARY = "{library}"
 _BUNDLE = "{bundle}"
 
 if not __name__.endswith("." + _LIBRARY):
     raise ImportError(f"{{__name__}} is not loaded as Diffusers loads a component's code ({{_LIBRARY}}).")
+# The bundle this file names, read from the file itself (see the custom pipeline's file).
+_BUNDLE = re.search(r'^_BUNDLE = "(\\w+)"', Path(__file__).read_text(encoding="utf-8"), re.MULTILINE).group(1)
 try:
     _bundle = importlib.import_module(__name__[: -len(_LIBRARY)] + _BUNDLE)
 except ImportError as error:
@@ -513,7 +191,18 @@ The code is {PACKAGE}'s own, flattened into `{bundle}.py`; with {PACKAGE} instal
 `{class_name}.from_pretrained(repo)` loads the same folder without running any of it.
 """
 
+import importlib
+import re
+from pathlib import Path
+
+# Diffusers copies the file this line imports beside this one in its module cache.
 from .{bundle} import {class_name}
+
+# The class is taken from the bundle this file's text names: Python may run the cached compilation of an earlier,
+# same-sized copy of this file in that cache (another folder's, exported by another version), whose import above
+# named another bundle.
+_BUNDLE = re.search(r"^from \\.(\\w+) import", Path(__file__).read_text(encoding="utf-8"), re.MULTILINE).group(1)
+{class_name} = importlib.import_module(f"{{__package__}}.{{_BUNDLE}}").{class_name}
 
 __all__ = ["{class_name}"]
 '''
@@ -552,7 +241,8 @@ def export_code(folder: str | os.PathLike) -> ExportedCode:
         _package_class(library, component_class, f"component `{component}` of {folder / _MODEL_INDEX}")
         if not (folder / component).is_dir():
             raise ExportError(f"{folder} has no folder `{component}` for the component of {_MODEL_INDEX}.")
-    bundle = build_bundle([pipeline_class.__module__, *(library for library, _ in entries.values())])
+    # The models come along whatever the folder holds, so that one version's bundle of a pipeline is one file.
+    bundle = build_bundle([pipeline_class.__module__, f"{PACKAGE}.models", *(lib for lib, _ in entries.values())])
     custom_pipeline = custom_pipeline_name(pipeline_class)
 
     for stale in folder.glob(f"{BUNDLE_PREFIX}*.py"):

@@ -42,16 +42,16 @@ from score_diffusers import (
     ScoreGuidedPipeline,
     ScoreInpaintPipeline,
     SDEDPMSolverScheduler,
-    export,
 )
 from score_diffusers.export import ExportError, build_bundle, export_code, save_pretrained_with_code
+from score_diffusers.flatten import FlattenError, flatten_modules
 from score_diffusers.schedulers import SCHEDULERS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = Path(score_diffusers.__file__).resolve().parent
 STOCK_PYTHON_VARIABLE = "SCORE_DIFFUSERS_STOCK_PYTHON"
 SEEDS = (0, 1)
-CASE_NAMES = ("pc", "pf-vp", "sde-dpm", "langevin", "guided", "inpaint")
+CASE_NAMES = ("pc", "pf-vp", "sde-dpm", "langevin", "guided", "inpaint", "other-version")
 PIPELINE_CLASSES = {name: ScoreInpaintPipeline if name == "inpaint" else ScoreGuidedPipeline for name in CASE_NAMES}
 
 # What the stock script does: refuse `score_diffusers`, load every case with Diffusers' custom-pipeline loading,
@@ -112,6 +112,7 @@ STOCK_SCRIPT = textwrap.dedent(
             "components": {name: f"{type(c).__module__}.{type(c).__name__}" for name, c in pipe.components.items()
                            if c is not None},
             "scheduler_is_the_bundles": type(pipe.scheduler) is getattr(bundle, type(pipe.scheduler).__name__),
+            "another_version": getattr(bundle, "ANOTHER_VERSION", False),
             "shape": list(images.shape),
         }
     first = spec["cases"][0]
@@ -179,8 +180,22 @@ def exported(tmp_path_factory) -> dict[str, dict]:
         if pipeline_class is ScoreInpaintPipeline:
             call = {**call, **_inpaint_inputs(root)}
         cases[name] = {"folder": str(folder), "custom_pipeline": code.custom_pipeline, "call": call, "seeds": SEEDS}
+    cases["other-version"] = {**cases["pc"], "folder": str(_as_another_version(Path(cases["pc"]["folder"]),
+                                                                                root / "other-version"))}
     assert list(cases) == list(CASE_NAMES)
     return cases
+
+
+def _as_another_version(folder: Path, copy: Path) -> Path:
+    """A copy of an exported folder whose bundle differs (as another version of the package would export it)."""
+    shutil.copytree(folder, copy)
+    (bundle,) = copy.glob("score_diffusers_bundle_*.py")
+    other = f"score_diffusers_bundle_{'f' * 12}"
+    (copy / f"{other}.py").write_text(bundle.read_text() + "\nANOTHER_VERSION = True\n")
+    bundle.unlink()
+    for stub in copy.rglob("*.py"):
+        stub.write_text(stub.read_text().replace(bundle.stem, other))
+    return copy
 
 
 def _package_samples(case: dict, pipeline_class=ScoreGuidedPipeline) -> np.ndarray:
@@ -234,6 +249,9 @@ def test_stock_diffusers_samples_what_the_package_samples(stock_run, exported, n
     assert case_report["pipeline"].startswith("diffusers_modules.local.score_diffusers_bundle_")
     assert case_report["pipeline"].endswith("." + pipeline_class.__name__)
     assert case_report["scheduler_is_the_bundles"], case_report
+    # Loaded after the others through the same module cache, where its stubs have the size of theirs: each folder
+    # runs its own bundle.
+    assert case_report["another_version"] == (name == "other-version")
     for component in ("scheduler", "classifier"):
         if component in case_report["components"]:
             assert case_report["components"][component].startswith("diffusers_modules.local.score_diffusers_bundle_")
@@ -429,17 +447,20 @@ def test_bundle_is_deterministic_and_named_by_its_text():
 # ---- the flattening rules, on a package of their own -----------------------------------------------------------------
 
 
-def _fake_package(tmp_path, monkeypatch, files: dict[str, str]) -> None:
+def _flatten(tmp_path, files: dict[str, str], roots=("fakepkg.top",)):
     root = tmp_path / "fakepkg"
     for name, text in {"__init__.py": "", **files}.items():
         (root / name).parent.mkdir(parents=True, exist_ok=True)
         (root / name).write_text(textwrap.dedent(text))
-    monkeypatch.setattr(export, "PACKAGE", "fakepkg")
-    monkeypatch.setattr(export, "PACKAGE_DIR", root)
+    return flatten_modules(roots, package="fakepkg", package_dir=root)
 
 
-def test_flattening_keeps_aliases_namespaces_and_lazy_imports(tmp_path, monkeypatch):
-    _fake_package(tmp_path, monkeypatch, {
+def _run(flattened, tmp_path) -> types.ModuleType:
+    return _import_bundle(types.SimpleNamespace(name="flat", source=flattened.source), tmp_path)
+
+
+def test_flattening_keeps_aliases_namespaces_and_lazy_imports(tmp_path):
+    flattened = _flatten(tmp_path, {
         "core.py": """
             from __future__ import annotations
             import math
@@ -457,7 +478,7 @@ def test_flattening_keeps_aliases_namespaces_and_lazy_imports(tmp_path, monkeypa
             """,
         "late.py": """
             import logging
-            logger = logging.getLogger(__name__)
+            logger = logging.getLogger("late")
 
             def late_value():
                 return 42
@@ -469,6 +490,8 @@ def test_flattening_keeps_aliases_namespaces_and_lazy_imports(tmp_path, monkeypa
             from . import ops
             from .core import area as disc_area
 
+            logger = logging.getLogger("top")
+
             def value(r):
                 if r < 0:
                     from .late import late_value
@@ -476,38 +499,84 @@ def test_flattening_keeps_aliases_namespaces_and_lazy_imports(tmp_path, monkeypa
                     from .late import late_value as lv
                     return ops.twice(disc_area(r)) + lv()
                 return late_value()
-
-            logger = logging.getLogger(__name__)  # the same statement as late.py's: one logger in the bundle
             """,
     })
-    bundle = build_bundle(["fakepkg.top"])
-    assert bundle.modules == ("fakepkg.core", "fakepkg.ops.double", "fakepkg.ops", "fakepkg.top", "fakepkg.late")
-    module = _import_bundle(bundle, tmp_path)
+    assert flattened.modules == ("fakepkg.core", "fakepkg.ops.double", "fakepkg.ops", "fakepkg.top", "fakepkg.late")
+    module = _run(flattened, tmp_path)
     assert module.value(1.0) == pytest.approx(2 * 3.141592653589793 + 42) and module.value(-1) == 42
     assert module.ops.twice(3) == 6
+    # Each module keeps its own logger: the later one is renamed.
+    assert module.logger.name == "top" and module.logger__late.name == "late"
+
+
+def test_flattening_renames_a_name_two_modules_bind_differently(tmp_path):
+    flattened = _flatten(tmp_path, {
+        "a.py": """
+            Norm = "a's"
+            open = "a's open"
+
+            def read():
+                return Norm, open
+            """,
+        "b.py": """
+            from .a import read
+            from .a import Norm as ANorm
+            Norm = "b's"
+
+            class Holder:
+                Norm = "class attribute"
+                label = Norm
+
+                def method(self, Norm="parameter"):
+                    return Norm, self.Norm
+
+            def glob():
+                return Norm, [Norm for _ in range(1)], (lambda: Norm)(), ANorm
+
+            def shadowed(Norm=Norm):
+                inner = [Norm for Norm in ("comprehension",)]
+                return Norm, inner, {"Norm": 1}, dict(Norm=2)
+            """,
+        "top.py": """
+            from .a import read
+            from .b import Holder, glob, shadowed
+
+            def everything():
+                return read(), glob(), shadowed(), Holder.label, Holder().method(), open.__name__
+            """,
+    })
+    module = _run(flattened, tmp_path)
+    assert module.everything() == (
+        ("a's", "a's open"),
+        ("b's", ["b's"], "b's", "a's"),
+        ("b's", ["comprehension"], {"Norm": 1}, {"Norm": 2}),
+        "class attribute",
+        ("parameter", "class attribute"),
+        "open",  # the builtin: a's module-level `open` is renamed, not shadowing it for the others
+    )
+    assert "Norm__b = " in flattened.source and "open__a = " in flattened.source
 
 
 @pytest.mark.parametrize(
     "files, message",
     [
-        ({"a.py": "def f(): return 1\n", "b.py": "def f(): return 2\n", "top.py": "from .a import f\nfrom .b import f as g\n"},
-         "`f` is defined at module level in both"),
-        ({"a.py": "x = 1\n", "top.py": "from .a import x as y\nx = 2\n"}, "`x` is defined at module level in both"),
-        ({"top.py": "def open(): pass\n"}, "shadow the builtin"),
         ({"a.py": "x = 1\n", "top.py": "from .a import *\n"}, "star import"),
         ({"a.py": "from .top import y\nx = 1\n", "top.py": "from .a import x\ny = 2\n"}, "import cycle"),
         ({"ns/__init__.py": "from .m import f\n__all__ = ['f']\n", "ns/m.py": "def f(): pass\n",
           "top.py": "from . import ns\nns.g()\n"}, "reads `ns.g`"),
-        ({"a.py": "import json as j\n", "top.py": "import numpy as j\nfrom . import a\n"}, "`j` is bound by"),
+        ({"a.py": "import json as j\n", "top.py": "import numpy as j\nfrom .a import j as k\n"},
+         "bound by different imports"),
         ({"top.py": "import fakepkg.a\n"}, "import fakepkg"),
         ({"top.py": "from ...far import x\n"}, "leaves the package"),
+        ({"top.py": "from . import __version__\n"}, "the package's top level"),
+        ({"a.py": "x = 1\n", "top.py": "from .a import x\ndef f():\n    global x\n    x = 2\n"}, "global x"),
+        ({"a.py": "y = 1\n", "top.py": "from .a import x\n"}, "has no module-level `x`"),
         ({"top.py": 'def f():\n    """\n    from .x import y\n    """\n'}, "reads as a relative import"),
     ],
 )
-def test_flattening_refuses_what_it_cannot_keep_faithful(tmp_path, monkeypatch, files, message):
-    _fake_package(tmp_path, monkeypatch, files)
-    with pytest.raises(ExportError, match=message):
-        build_bundle(["fakepkg.top"])
+def test_flattening_refuses_what_it_cannot_keep_faithful(tmp_path, files, message):
+    with pytest.raises(FlattenError, match=message):
+        _flatten(tmp_path, files)
 
 
 # ---- training's --push_to_hub and the model card ---------------------------------------------------------------------
