@@ -83,12 +83,13 @@ def build_bundle(roots: Iterable[str]) -> Bundle:
     hash of its text."""
     from . import __version__
 
-    roots = list(roots)
+    docstring = (
+        f"The modules of {PACKAGE} {__version__} that a saved pipeline needs, flattened into one file by\n"
+        f"`{PACKAGE}.export` from the package's own source; regenerate it rather than editing it.\n"
+    )
     try:
         flattened = flatten_modules(roots, package=PACKAGE, package_dir=PACKAGE_DIR, left_out=_LEFT_OUT,
-                                    docstring=f"The modules of {PACKAGE} {__version__} that a saved pipeline needs, flattened into "
-                                    f"one file by\n`{PACKAGE}.export` from the package's own source; regenerate it "
-                                    "rather than editing it.\n")
+                                    docstring=docstring)
     except FlattenError as error:
         raise ExportError(f"{PACKAGE} cannot be exported as self-contained code: {error}") from error
     digest = hashlib.sha256(flattened.source.encode()).hexdigest()[:_HASH_LENGTH]
@@ -150,7 +151,7 @@ def _package_class(library: str, class_name: str, what: str) -> type:
 
 
 def _component_stub(component: str, library: str, class_name: str, bundle: str, custom_pipeline: str) -> str:
-    return f'''"""The `{component}` component's code for Diffusers' `trust_remote_code=True` loading, written by `{PACKAGE}.export`.
+    return f'''"""The `{component}` component's code for Diffusers' `trust_remote_code=True` loading ({PACKAGE}.export).
 
 `model_index.json` names this component ["{library}", "{class_name}"]; Diffusers executes this file, named after
 that library, as module `diffusers_modules.<namespace>.{library}`. The class comes from the bundle that the custom
@@ -181,7 +182,7 @@ except ImportError as error:
 
 
 def _pipeline_stub(class_name: str, bundle: str, custom_pipeline: str, version: str) -> str:
-    return f'''"""The custom pipeline of this repository for Diffusers, written by `{PACKAGE}.export` ({PACKAGE} {version}):
+    return f'''"""The custom pipeline of this repository for Diffusers, by `{PACKAGE}.export` ({PACKAGE} {version}):
 
     from diffusers import DiffusionPipeline
 

@@ -430,7 +430,8 @@ def _bundle_names(order: Sequence[str], modules: Mapping[str, _Module]) -> dict[
         if natural in _HEADER_IMPORTS:
             absolute = [*absolute, ("abs", _HEADER_IMPORTS[natural])]
         if len(set(absolute)) > 1:
-            raise FlattenError(f"`{natural}` is bound by different imports: {', '.join(sorted({m[1] for m in absolute}))}.")
+            imports = ", ".join(sorted({meaning[1] for meaning in absolute}))
+            raise FlattenError(f"`{natural}` is bound by different imports: {imports}.")
         first = absolute[0] if absolute else None
         if first is None and not hasattr(builtins, natural):
             first = min(meanings, key=lambda m: (rank[m[1]], m))

@@ -238,7 +238,7 @@ def stock_run(request, exported, tmp_path_factory) -> tuple[dict, Path]:
     return json.loads(line.removeprefix("REPORT ")), work
 
 
-# ---- stock Diffusers, without the package -----------------------------------------------------------------------------
+# ---- stock Diffusers, without the package ----------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", CASE_NAMES)
