@@ -102,6 +102,8 @@ def main() -> None:
     parser.add_argument("--num_samples", type=int, default=1000)
     parser.add_argument("--particles", type=int, nargs="+", default=list(PARTICLE_COUNTS),
                         help="particle counts of the SMC rows")
+    parser.add_argument("--steps", type=int, default=SMC_STEPS, help="steps of the SMC chain")
+    parser.add_argument("--skip_baselines", action="store_true", help="only the floor and the SMC rows")
     args = parser.parse_args()
     torch.set_num_threads(1)
     print(machine_description())
@@ -116,9 +118,10 @@ def main() -> None:
 
     default_nfe = DEFAULT_PARTICLES * SMC_STEPS
     rows: list[tuple[str, str, int]] = [("floor (two exact posterior sets)", "", 0)]
-    rows += [(f"smc, {n} particles × {SMC_STEPS} steps", "smc", n) for n in args.particles]
-    rows += [(f"replacement, PC, {default_nfe} evaluations", "replacement", default_nfe),
-             (f"guidance, SDE-DPM-Solver++, {default_nfe} evaluations", "guidance", default_nfe)]
+    rows += [(f"smc, {n} particles × {args.steps} steps", "smc", n) for n in args.particles]
+    if not args.skip_baselines:
+        rows += [(f"replacement, PC, {default_nfe} evaluations", "replacement", default_nfe),
+                 (f"guidance, SDE-DPM-Solver++, {default_nfe} evaluations", "guidance", default_nfe)]
     for problem in problems():
         results: dict[str, list[tuple[float, float, float]]] = {label: [] for label, _, _ in rows}
         nfes: dict[str, int] = {}
@@ -134,7 +137,7 @@ def main() -> None:
                     nfe = 0
                 elif method == "smc":
                     out = pipeline(smc_scheduler)(measurement, problem.operator, problem.noise_std, "smc",
-                                                  SMC_STEPS, num_particles=count, generator=generator,
+                                                  args.steps, num_particles=count, generator=generator,
                                                   output_type="latent", particle_batch_size=count * args.num_samples)
                     samples, nfe = out.images, out.nfe
                 else:
