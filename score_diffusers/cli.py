@@ -38,6 +38,7 @@ import torch
 from diffusers.utils import logging as diffusers_logging
 
 from .checks import SamplingError
+from .export import export_code
 from .image_grid import GRID_MIN_WIDTH, image_grid
 from .likelihood import DIVERGENCES, METHODS, PROBES
 from .models import NoiseConditionalClassifier
@@ -327,9 +328,9 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)
 
 
-def save_atomically(pipe: ScoreGuidedPipeline, output: Path) -> None:
-    """`pipe.save_pretrained` into a staging folder beside `output`, then put in its place: a failed save leaves an
-    existing `output` as it was.
+def save_atomically(pipe: ScoreGuidedPipeline, output: Path, with_code: bool = False) -> None:
+    """`pipe.save_pretrained` (and, `with_code`, `export_code`) into a staging folder beside `output`, then put in its
+    place: a failed save leaves an existing `output` as it was.
 
     An existing `output` is replaced in one atomic exchange where the filesystem has one (Linux, on ext4, XFS, Btrfs,
     tmpfs and most others): at every instant `output` is the whole old folder or the whole new one, and a kill leaves
@@ -344,6 +345,8 @@ def save_atomically(pipe: ScoreGuidedPipeline, output: Path) -> None:
     staging.mkdir()
     try:
         pipe.save_pretrained(staging)
+        if with_code:
+            export_code(staging)
         if not output.exists():
             staging.rename(output)
             return
@@ -527,7 +530,7 @@ def run_convert(args: argparse.Namespace) -> int:
         raise CLIError(f"{output} already exists and is not empty; pass --overwrite to replace it")
     writable_folder(output.parent, "the folder of OUTPUT_FOLDER")
     pipe = load_pipeline(args.ddpm_folder, args.scheduler, device="cpu")
-    save_atomically(pipe, output)
+    save_atomically(pipe, output, with_code=args.with_code)
     convention = pipe.scheduler.convention
     print(
         f"Saved a ScoreGuidedPipeline with {type(pipe.scheduler).__name__} (sde_type={convention.sde_type}, "
@@ -537,6 +540,16 @@ def run_convert(args: argparse.Namespace) -> int:
 
 
 # ---- the parser ------------------------------------------------------------------------------------------------------
+
+
+def run_export_code(args: argparse.Namespace) -> int:
+    """`export-code`: write a saved pipeline's code for stock Diffusers into its folder."""
+    folder = _existing_folder(args.pipeline_folder, "pipeline folder")
+    exported = export_code(folder)  # ExportError is a ValueError: exit status 2
+    print(f"Wrote {', '.join(str(p.relative_to(folder)) for p in exported.files)}; load with "
+          f'DiffusionPipeline.from_pretrained("{folder}", custom_pipeline="{exported.custom_pipeline}", '
+          "trust_remote_code=True)")
+    return EXIT_OK
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
@@ -708,6 +721,17 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("output_folder", metavar="OUTPUT_FOLDER", help="where to save the ScoreGuidedPipeline")
     _add_scheduler_argument(convert, "scheduler to save with the pipeline (see the list below)")
     convert.add_argument("--overwrite", action="store_true", help="replace an existing OUTPUT_FOLDER")
+    convert.add_argument("--with_code", action="store_true", help="also write the code for stock Diffusers (export-code)")
+
+    export = _add_subcommand(
+        subcommands, "export-code", run_export_code,
+        "Write a saved pipeline's code into its folder, for Diffusers without this package.",
+        "Adds pipeline_score_guided.py (the custom pipeline), score_diffusers_bundle_<hash>.py (the package modules the\n"
+        "pipeline needs, flattened from its source) and <component>/<library>.py per component of this package. The\n"
+        "folder then loads with DiffusionPipeline.from_pretrained(FOLDER, custom_pipeline=\"pipeline_score_guided\",\n"
+        "trust_remote_code=True), which runs that code; score_diffusers loads it without running any of it.",
+    )
+    export.add_argument("pipeline_folder", metavar="FOLDER", help="a folder saved by ScoreGuidedPipeline or a subclass")
     return parser
 
 

@@ -441,3 +441,18 @@ def test_bad_input_exits_2_with_one_clear_line(make_argv, message, ddpm_folder, 
     assert main(make_argv(ddpm_folder, tmp_path)) == 2
     line = error_line(capsys)
     assert line.startswith("score-diffusers: error: ") and message in line
+
+
+def test_export_code_and_convert_with_code_write_the_stock_diffusers_files(ddpm_folder, tmp_path, capsys):
+    output = tmp_path / "converted"
+    assert main(["convert", str(ddpm_folder), str(output), "--with_code"]) == 0
+    assert (output / "pipeline_score_guided.py").is_file()
+    assert any(output.glob("score_diffusers_bundle_*.py"))
+    plain = tmp_path / "plain"
+    assert main(["convert", str(ddpm_folder), str(plain)]) == 0
+    assert not (plain / "pipeline_score_guided.py").exists()
+    capsys.readouterr()
+    assert main(["export-code", str(plain)]) == 0
+    assert 'custom_pipeline="pipeline_score_guided"' in capsys.readouterr().out
+    assert (plain / "pipeline_score_guided.py").is_file()
+    assert main(["export-code", str(tmp_path / "missing")]) == 2
