@@ -541,3 +541,15 @@ def test_sdedit_runs_with_every_scheduler(name):
          callback_on_step_end=lambda pipe, i, t, kwargs: calls.append(i) or {})
     assert len(calls) == len(edit.scheduler.timesteps) - edit.scheduler.begin_index > 0
     assert edit.scheduler.begin_index == 3 * edit.scheduler.order
+
+
+def test_pil_images_of_one_bit_are_read_as_0_or_1_and_float_modes_are_refused():
+    from score_diffusers.pipelines.image_processing import images_to_tensor
+
+    bits = PIL.Image.fromarray(np.array([[0, 255], [255, 0]], dtype=np.uint8)).convert("1")
+    torch.testing.assert_close(images_to_tensor(bits), torch.tensor([[[[0.0, 1.0], [1.0, 0.0]]]]))
+    floats = PIL.Image.fromarray(np.array([[0.0, 0.5], [0.25, 1.0]], dtype=np.float32), mode="F")
+    with pytest.raises(ValueError, match="mode 'F'"):
+        images_to_tensor(floats, "image")
+    with pytest.raises(ValueError, match="non-empty"):
+        images_to_tensor([], "image")
