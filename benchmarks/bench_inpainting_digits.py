@@ -54,8 +54,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--num_images", type=int, default=None, help="first N test digits (default: all)")
     parser.add_argument("--batch_size", type=int, default=40, help="images per pipeline call")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (more than the free cores "
+                        "slows every call down)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     print(machine_description())
     ddpm = get_digits_ddpm(TRAIN_SPLIT_OUTPUT_DIR, split="train")
     train_images, train_labels = load_digits_images(RESOLUTION, split="train")
