@@ -6,6 +6,10 @@ so the figures measure the samplers alone. VE uses σ_min = 0.01, σ_max = 50; V
 
     python benchmarks/bench_schedulers.py            # full tables and plot (~45 min on 2 CPU cores)
     python benchmarks/bench_schedulers.py --quick    # smoke run
+    python benchmarks/bench_schedulers.py --only "annealed langevin (defaults" --mixture_seed 1 --mean_scale 5
+
+`--mixture_seed` and `--mean_scale` draw another mixture (`GaussianMixture.random`), to check that a default holds on
+data it was not chosen on.
 
 Each figure is the mean over `--seeds` independent runs, ± its standard error; each run draws `--num_samples`
 samples and compares them with a fresh true sample of the same size: sliced W2, mode-weight TV, and the log-density
@@ -49,7 +53,7 @@ except ImportError:  # run as a module from the repository root
 
 DIM, COMPONENTS = 64, 8
 SIGMA_MIN, SIGMA_MAX = 0.01, 50.0
-# Annealed Langevin's step size ε (NCSN's convention), chosen by `--langevin_sweep` (199 levels × 5 steps): smaller
+# NCSN's annealed Langevin step size ε (`consistent=False`), chosen by `--langevin_sweep` (199 levels × 5 steps): smaller
 # values (NCSNv2's CIFAR-10 ε' = 6.2e-6 is ε = 1.24e-5 here; NCSN's 2e-5) leave the components too wide on this
 # data, 1e-4 misplaces more mode weight and 2e-4 is past the stable range at the top levels.
 ANNEALED_LANGEVIN_STEP_SIZE = 5e-5
@@ -132,8 +136,18 @@ def sample_with(scheduler, mixture, num_steps, shape, generator, model_scheduler
     return run_sampler(scheduler, model, shape, num_steps, generator=generator), model.calls
 
 
-def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: bool, only: str | None) -> list[Row]:
-    mixture = GaussianMixture.random(COMPONENTS, DIM, generator=torch.Generator().manual_seed(0))
+def quality_rows(
+    quick: bool,
+    num_samples: int,
+    num_seeds: int,
+    langevin_sweep: bool,
+    only: str | None,
+    mixture_seed: int = 0,
+    mean_scale: float = 3.0,
+) -> list[Row]:
+    mixture = GaussianMixture.random(
+        COMPONENTS, DIM, mean_scale=mean_scale, generator=torch.Generator().manual_seed(mixture_seed)
+    )
     half_diameter = 0.5 * float(torch.cdist(mixture.means, mixture.means).max())
     large_reference, _ = mixture.sample(LOG_PROB_REFERENCE_SIZE, generator=torch.Generator().manual_seed(5))
     shape = (num_samples, DIM)
@@ -155,14 +169,16 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
     def sde_dpm(**kwargs):
         return SDEDPMSolverScheduler(sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **kwargs)
 
-    def annealed_langevin(levels: int, step_size: float = ANNEALED_LANGEVIN_STEP_SIZE, consistent: bool = False):
-        return AnnealedLangevinScheduler(
-            num_train_timesteps=levels,
-            sigma_min=SIGMA_MIN,
-            sigma_max=SIGMA_MAX,
-            steps_per_level=1 if consistent else ANNEALED_LANGEVIN_STEPS_PER_LEVEL,
+    def annealed_langevin(levels: int, **overrides):
+        return AnnealedLangevinScheduler(num_train_timesteps=levels, sigma_min=SIGMA_MIN, sigma_max=SIGMA_MAX, **overrides)
+
+    def ncsn(levels: int, step_size: float | None = ANNEALED_LANGEVIN_STEP_SIZE):
+        return annealed_langevin(
+            levels,
+            consistent=False,
+            forget_prior=False,
+            steps_per_level=ANNEALED_LANGEVIN_STEPS_PER_LEVEL,
             step_size=step_size,
-            consistent=consistent,
         )
 
     def ddpm_family(klass, **overrides):
@@ -179,6 +195,8 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
 
     sweeps: list[tuple[str, str, Callable, list[int]]] = [
         ("VE", "PC (defaults: ancestral + Langevin)", ours(pc), [50, 100]),
+        ("VE", "PC, corrector_norm='batch'", ours(lambda: pc(corrector_norm="batch")), [100]),
+        ("VE", "PC, corrector_norm='sample'", ours(lambda: pc(corrector_norm="sample")), [100]),
         ("VE", "PC ancestral + Langevin at score_sde's constant snr", ours(lambda: pc(prior_snr=None)), [100]),
         ("VE", "PC reverse diffusion + Langevin", ours(lambda: pc(predictor="reverse_diffusion")), [100]),
         ("VE", "PF DPM-Solver++(2M) (karras)", ours(lambda: pf(solver="dpmpp_2m")), [25, 50]),
@@ -189,9 +207,15 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
         ("VE", "SDE-DPM-Solver++(2M) (log σ)", ours(lambda: sde_dpm(time_spacing="log_sigma")), [20, 50]),
         ("VE", "PF DPM-Solver++(2M), x_T from the true p_T (diagnostic)",
          lambda steps, gen: sample_from_exact_prior(pf(solver="dpmpp_2m"), mixture, steps, shape, gen), [50]),
-        ("VE", "Annealed Langevin", lambda steps, gen: sample_with(annealed_langevin(steps), mixture, steps, shape, gen), [100, 199]),
-        ("VE", "Annealed Langevin, consistent (1 step/level)",
-         lambda steps, gen: sample_with(annealed_langevin(steps, CONSISTENT_STEP_SIZE, consistent=True), mixture, steps, shape, gen),
+        ("VE", "Annealed Langevin (defaults: consistent, 1 step/level, prior forgotten)",
+         lambda steps, gen: sample_with(annealed_langevin(steps), mixture, steps, shape, gen), [199, 999]),
+        ("VE", "Annealed Langevin, NCSN (ε = 5e-5, 5 steps/level)",
+         lambda steps, gen: sample_with(ncsn(steps), mixture, steps, shape, gen), [100, 199]),
+        ("VE", "Annealed Langevin, NCSN (NCSNv2 technique 4 ε, 5 steps/level)",
+         lambda steps, gen: sample_with(ncsn(steps, None), mixture, steps, shape, gen), [199]),
+        ("VE", f"Annealed Langevin, consistent (ε = {CONSISTENT_STEP_SIZE:g}, 1 step/level, prior kept)",
+         lambda steps, gen: sample_with(
+             annealed_langevin(steps, step_size=CONSISTENT_STEP_SIZE, forget_prior=False), mixture, steps, shape, gen),
          [995]),
         ("VE", "Diffusers ScoreSdeVe PC", lambda steps, gen: sample_score_sde_ve(mixture, steps, shape, gen), [100, 1000]),
         ("VP", "PF DPM-Solver++(2M) (karras)", ours_on_ddpm(ProbabilityFlowScheduler, solver="dpmpp_2m"),
@@ -202,6 +226,7 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
         ("VP", "SDE-DPM-Solver++(2M) (defaults)", ours_on_ddpm(SDEDPMSolverScheduler), [10, 20, 50]),
         ("VP", "PF Heun (karras)", ours_on_ddpm(ProbabilityFlowScheduler), [25]),
         ("VP", "PC (defaults: ancestral + Langevin)", ours_on_ddpm(PredictorCorrectorScheduler), [100]),
+        ("VP", "PC, corrector_norm='batch'", ours_on_ddpm(PredictorCorrectorScheduler, corrector_norm="batch"), [100]),
         ("VP", "Diffusers DDPM", ddpm_family(DDPMScheduler, clip_sample=False), [1000]),
         ("VP", "Diffusers DDIM", ddpm_family(DDIMScheduler, clip_sample=False), [50, 100]),
         ("VP", "Diffusers DPM-Solver++(2M)", ddpm_family(DPMSolverMultistepScheduler), [10, 20, 50]),
@@ -210,8 +235,8 @@ def quality_rows(quick: bool, num_samples: int, num_seeds: int, langevin_sweep: 
     ]
     if langevin_sweep:
         sweeps += [
-            ("VE", f"Annealed Langevin, step size {step_size:g}",
-             lambda steps, gen, step_size=step_size: sample_with(annealed_langevin(steps, step_size), mixture, steps, shape, gen),
+            ("VE", f"Annealed Langevin, NCSN, step size {step_size:g}",
+             lambda steps, gen, step_size=step_size: sample_with(ncsn(steps, step_size), mixture, steps, shape, gen),
              [199])
             for step_size in LANGEVIN_SWEEP_STEP_SIZES
         ]
@@ -345,6 +370,10 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=None, help="independent runs per row (default 3, quick 2)")
     parser.add_argument("--langevin_sweep", action="store_true", help="add annealed Langevin at several step sizes")
+    parser.add_argument("--mixture_seed", type=int, default=0, help="seed of the random mixture (default 0)")
+    parser.add_argument(
+        "--mean_scale", type=float, default=3.0, help="std of the mixture's component means (default 3.0)"
+    )
     parser.add_argument("--skip_quality", action="store_true", help="only the per-step overhead table")
     parser.add_argument(
         "--only",
@@ -357,7 +386,10 @@ def main() -> None:
     if not args.skip_quality:
         num_samples = args.num_samples or (2000 if args.quick else 50_000)
         num_seeds = args.seeds or (2 if args.quick else 3)
-        rows = quality_rows(args.quick, num_samples, num_seeds, args.langevin_sweep, args.only)
+        rows = quality_rows(
+            args.quick, num_samples, num_seeds, args.langevin_sweep, args.only, args.mixture_seed, args.mean_scale
+        )
+        print(f"\nmixture: seed {args.mixture_seed}, mean scale {args.mean_scale:g}")
         print_quality(rows)
         if args.only is None:
             plot_quality(rows, RESULTS / "quality_vs_nfe.png")

@@ -74,13 +74,19 @@ def ddpm(beta_schedule: str) -> dict[str, Any]:
     return DDPMScheduler(beta_schedule=beta_schedule).config
 
 
-# (scheduler, num_inference_steps). Langevin correctors name corrector_norm="batch" (the default) on purpose: with
-# per-sample step sizes 2(snr·‖z‖/‖s‖)² every component of this 16-d mixture comes out ~13% too wide at any step
-# count (4% in 64-d), a property of that step-size rule, not of the implementation.
+# (scheduler, num_inference_steps). The defaults first: annealed Langevin at ≤ 1,000 evaluations and PC with its
+# per-sample corrector. corrector_norm="sample" (uncorrected per-sample step sizes 2(snr·‖z‖/‖s‖)²) is left out on
+# purpose: with it every component of this 16-d mixture comes out ~13% too wide at any step count (4% in 64-d), a
+# property of that step-size rule, not of the implementation.
 SAMPLERS = {
-    "ald": (lambda: AnnealedLangevinScheduler(step_size=1e-4, steps_per_level=3), 100),
-    "ald_epsilon_discrete": (
+    "ald_defaults": (lambda: AnnealedLangevinScheduler(), 999),
+    "ald_defaults_200": (lambda: AnnealedLangevinScheduler(), 200),
+    "pc_ve_defaults": (lambda: PredictorCorrectorScheduler(), 100),
+    "pc_vp_defaults_epsilon": (lambda: PredictorCorrectorScheduler(sde_type="vp", prediction_type="epsilon"), 100),
+    "ald_ncsn": (lambda: AnnealedLangevinScheduler(consistent=False, step_size=1e-4, steps_per_level=3), 100),
+    "ald_ncsn_epsilon_discrete": (
         lambda: AnnealedLangevinScheduler(
+            consistent=False,
             step_size=1e-4,
             steps_per_level=3,
             prediction_type="epsilon",
@@ -90,7 +96,8 @@ SAMPLERS = {
         100,
     ),
     "ald_consistent": (lambda: AnnealedLangevinScheduler(consistent=True, step_size=1e-5, steps_per_level=1), 200),
-    "pc_ve": (lambda: PredictorCorrectorScheduler(corrector_norm="batch"), 100),
+    "ald_consistent_3_steps_per_level": (lambda: AnnealedLangevinScheduler(steps_per_level=3), 300),
+    "pc_ve_batch": (lambda: PredictorCorrectorScheduler(corrector_norm="batch"), 100),
     "pc_ve_ancestral_epsilon": (
         lambda: PredictorCorrectorScheduler(
             predictor="ancestral", corrector="none", prediction_type="epsilon", timestep_type="sigma"
@@ -288,11 +295,12 @@ def gaussian_pc_moments(
 
 @pytest.mark.parametrize("prior_snr", [None, 0.5])
 def test_predictor_corrector_moments_match_the_closed_form_on_a_gaussian(prior_snr: float | None):
-    """The whole PC chain on N(μ, s²I) against `gaussian_pc_moments`: with score_sde's constant snr and with the
-    default ramp to `prior_snr`, which at 10 steps already halves the offset the prior's missing mean leaves."""
+    """The whole PC chain on N(μ, s²I) against `gaussian_pc_moments` (batch-averaged corrector norms): with
+    score_sde's constant snr and with the default ramp to `prior_snr`, which at 10 steps already halves the offset the
+    prior's missing mean leaves."""
     mean, std, dim, num_samples, num_inference_steps = 5.0, 3.0, 64, 4000, 10
     mixture = GaussianMixture(torch.full((1, dim), mean, dtype=torch.float64), std)
-    scheduler = PredictorCorrectorScheduler(sigma_max=10.0, prior_snr=prior_snr)
+    scheduler = PredictorCorrectorScheduler(sigma_max=10.0, prior_snr=prior_snr, corrector_norm="batch")
     sample = sample_with_seed(scheduler, mixture, (num_samples, dim), num_inference_steps, seed=5).double()
     offset, variance = gaussian_pc_moments(scheduler, mean, std, num_inference_steps)
     # Standard errors: s/√(num_samples·dim) ≈ 0.006 for the mean, √(2/(num_samples·dim)) ≈ 0.3% for the variance.
@@ -300,9 +308,71 @@ def test_predictor_corrector_moments_match_the_closed_form_on_a_gaussian(prior_s
     assert float(sample.var()) == pytest.approx(variance, rel=0.015)
     if prior_snr is not None:
         constant_offset, _ = gaussian_pc_moments(
-            PredictorCorrectorScheduler(sigma_max=10.0, prior_snr=None), mean, std, num_inference_steps
+            PredictorCorrectorScheduler(sigma_max=10.0, prior_snr=None, corrector_norm="batch"), mean, std,
+            num_inference_steps,
         )
         assert abs(offset) < abs(constant_offset) / 1.8
+
+
+@pytest.mark.parametrize("dim", [8, 16, 64])
+def test_corrected_per_sample_corrector_keeps_a_gaussian_variance(dim: int):
+    """Langevin corrector steps at a fixed level on N(0, vI), every step sized per sample: uncorrected
+    (`"sample"`), the chain settles (d + 2)²/d² too wide in E‖x‖² (a noise that grows with the drawn ‖z‖, a step
+    that shrinks with ‖x‖); `"sample_corrected"` settles where batch-averaged norms do, at Langevin's own excess
+    1/(1 − η/(2v)) ≈ 1 + snr²."""
+    variance, snr, num_chains, num_steps = 2.0, 0.1, 4000, 300
+    start = torch.randn(num_chains, dim, generator=make_generator(6), dtype=torch.float64) * variance**0.5
+    ratios = {}
+    for norm in ("sample", "sample_corrected", "batch"):
+        sample, chain_generator = start.clone(), make_generator(7)
+        for _ in range(num_steps):
+            score = -sample / variance
+            noise = torch.randn(sample.shape, generator=chain_generator, dtype=torch.float64)
+            sample, _ = sampling.langevin.langevin_corrector_step(
+                sample, score, noise, sampling.per_sample_norm(score), snr, norm=norm
+            )
+        ratios[norm] = float(sample.square().sum(1).mean() / (dim * variance))
+    # E‖x‖²/(dv) over num_chains chains has the standard error √(2/(d·num_chains)) ≤ 0.8%.
+    assert ratios["sample"] == pytest.approx(((dim + 2) / dim) ** 2, rel=0.04), ratios
+    assert ratios["sample_corrected"] == pytest.approx(1 + snr**2, abs=0.025), ratios
+    assert ratios["sample_corrected"] == pytest.approx(ratios["batch"], abs=0.02), ratios
+
+
+def test_corrected_per_sample_corrector_takes_the_level_step_on_small_samples():
+    """Below `MIN_SAMPLE_CORRECTED_DIM` elements one sample's score norm is too noisy a measure of its level's
+    variance: the step is the point mass's, η = 2α·snr²·σ², stable wherever the sample is."""
+    dim = sampling.langevin.MIN_SAMPLE_CORRECTED_DIM - 1
+    sample = torch.randn(5, dim, generator=make_generator(1), dtype=torch.float64)
+    score = -sample / 3.0
+    noise = torch.randn(5, dim, generator=make_generator(2), dtype=torch.float64)
+    snr, alpha, sigma = 0.16, 0.9, 0.7
+    step = 2 * alpha * snr**2 * sigma**2
+    prev_sample, mean = sampling.langevin.langevin_corrector_step(
+        sample, score, noise, sampling.per_sample_norm(score), snr, alpha, "sample_corrected", sigma
+    )
+    torch.testing.assert_close(mean, sample + step * score, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(prev_sample, mean + (2 * step) ** 0.5 * noise, rtol=1e-12, atol=1e-12)
+    # Near a mode, where ‖s‖ → 0, the per-sample estimate would blow the step up; this one stays put.
+    prev_sample, _ = sampling.langevin.langevin_corrector_step(
+        sample * 1e-6, score * 1e-6, noise, sampling.per_sample_norm(score * 1e-6), snr, alpha, "sample_corrected",
+        sigma,
+    )
+    assert float(prev_sample.abs().max()) < 10 * sigma
+
+
+def test_default_predictor_corrector_samples_a_two_dimensional_mixture():
+    """2-d samples, below `MIN_SAMPLE_CORRECTED_DIM`, with the default per-sample corrector: the mode weights within
+    the bar of the sampling tests and the spreads within twice theirs (with `"sample"`'s uncorrected per-sample
+    step every component comes out 2.5–3 times too wide)."""
+    mixture = GaussianMixture(torch.tensor([[-2.0, -2.0], [2.0, 2.0], [2.0, -2.0]], dtype=torch.float64), 0.4,
+                              torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64))
+    scheduler = PredictorCorrectorScheduler(sigma_max=10.0)
+    samples = sample_with_seed(scheduler, mixture, (4000, 2), 100, seed=4)
+    reference, _ = mixture.sample(4000, make_generator(5))
+    floor = mode_weight_tv(mixture, reference)
+    assert bool(torch.isfinite(samples).all())
+    assert mode_weight_tv(mixture, samples) <= TV_MARGIN * max(floor, 0.01)
+    assert float((component_spreads(mixture, samples) / mixture.stds - 1).abs().max()) <= 2 * SPREAD_TOLERANCE
 
 
 def test_adaptive_reverse_sde_reproduces_the_mixture_and_reports_nfe_per_sample(mixture, noise_floor):

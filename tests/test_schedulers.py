@@ -27,6 +27,7 @@ from score_diffusers import (
     PredictorCorrectorScheduler,
     ProbabilityFlowScheduler,
     SDEDPMSolverScheduler,
+    sampling,
 )
 from score_diffusers.testing import ExactScoreModel, GaussianMixture, run_loop
 from score_diffusers.checks import SamplingError
@@ -435,14 +436,31 @@ class ScoreSchedulerCommonTest:
 # ---- the schedulers -------------------------------------------------------------------------------------------
 
 
+# NCSN's sampler with NCSNv2's CIFAR-10 step, the defaults before consistent annealing was (the first two configs
+# below keep the cases `regression_cases.py` recorded with them).
+NCSN_SETTINGS = {"consistent": False, "forget_prior": False, "step_size": 1.24e-5, "steps_per_level": 5}
+
+
 class TestAnnealedLangevinScheduler(ScoreSchedulerCommonTest):
     scheduler_class = AnnealedLangevinScheduler
     configs = [
-        {},
-        {"final_denoising": False, "timestep_type": "discrete", "prediction_type": "epsilon"},
-        {"timestep_type": "continuous", "steps_per_level": 2, "step_size": 1e-4, "num_train_timesteps": 10},
+        NCSN_SETTINGS,
+        {**NCSN_SETTINGS, "final_denoising": False, "timestep_type": "discrete", "prediction_type": "epsilon"},
+        {
+            "consistent": False,
+            "forget_prior": False,
+            "timestep_type": "continuous",
+            "steps_per_level": 2,
+            "step_size": 1e-4,
+            "num_train_timesteps": 10,
+        },
         # η = step_size/(2σ_min²) = 1: denoise, then noise to the next level; consistent at any number of levels.
         {"consistent": True, "step_size": 2e-4, "steps_per_level": 2},
+        {},
+        {"steps_per_level": 3, "final_denoising": False, "timestep_type": "discrete", "prediction_type": "epsilon"},
+        # NCSNv2's technique 4 for the step size.
+        {"consistent": False, "steps_per_level": 2, "timestep_type": "continuous"},
+        {"forget_prior": False, "timestep_type": "continuous"},
     ]
 
     def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:
@@ -467,6 +485,72 @@ def test_consistent_annealed_sampling_keeps_the_noise_at_each_level():
         assert low < min(ratios[100:]) and max(ratios[100:]) < high, (consistent, min(ratios), max(ratios))
 
 
+def test_default_steps_forget_the_prior_then_are_ancestral_steps(mixture):
+    """The first step forgets the prior, x̂₀ + σ_2·z; after it, η = 1 − ρ² makes a consistent step from σ_i to
+    σ_{i+1} NCSN's ancestral step, the posterior draw q(x_{σ_{i+1}} | x_{σ_i}, x̂₀): mean x + b²·score, std
+    b·σ_{i+1}/σ_i, b² = σ_i² − σ_{i+1}²."""
+    scheduler = AnnealedLangevinScheduler()
+    scheduler.set_timesteps(7)
+    model = ExactScoreModel(mixture, scheduler)
+    sample = prior_sample(scheduler, FLAT_SHAPE, make_generator(2), torch.float64)
+    sigmas = scheduler.grid.sigmas.tolist()
+    # The 6 steps between the 7 levels (the last level's step stays at σ_min, then the model denoises).
+    for index, timestep in enumerate(scheduler.timesteps[:6]):
+        score = model(sample, timestep)
+        noise = torch.randn(sample.shape, generator=make_generator(index), dtype=torch.float64)
+        output = scheduler.step(score, timestep, sample, generator=make_generator(index))
+        sigma, next_sigma = sigmas[index], sigmas[index + 1]
+        if index == 0:
+            mean, std = output.pred_original_sample, next_sigma
+        else:
+            b = (sigma**2 - next_sigma**2) ** 0.5
+            mean, std = sampling.ancestral_step(sample, score, 1.0, b, sigma, next_sigma)
+        torch.testing.assert_close(output.prev_sample_mean, mean, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(output.prev_sample, sampling.add_noise(mean, noise, std), rtol=1e-10, atol=1e-10)
+        sample = output.prev_sample
+
+
+def test_forgetting_the_prior_removes_its_missing_mean():
+    """On N(μ, s²I) with a mean far from the prior's 0, a chain that keeps the prior still misses p_σ's mean by
+    −μ·(s² + σ²)/(s² + σ_max²) at level σ (the annealing's contraction), large where σ is large; the first step
+    x̂₀ + σ'·z starts it at p_T's mean."""
+    mean, std, dim, num_samples, sigma_max = 5.0, 0.5, 16, 4000, 10.0
+    gaussian = GaussianMixture(torch.full((1, dim), mean, dtype=torch.float64), std)
+    for forget_prior in (False, True):
+        scheduler = AnnealedLangevinScheduler(sigma_max=sigma_max, forget_prior=forget_prior)
+        scheduler.set_timesteps(200)
+        model = ExactScoreModel(gaussian, scheduler)
+        generator = make_generator(3)
+        sample = prior_sample(scheduler, (num_samples, dim), generator, torch.float64)
+        # Stop where the sample is at the first level below σ = 2.
+        stop = int((scheduler.grid.next_sigmas < 2.0).nonzero()[0])
+        for timestep in scheduler.timesteps[: stop + 1]:
+            sample = scheduler.step(model(sample, timestep), timestep, sample, generator=generator).prev_sample
+        sigma = float(scheduler.grid.next_sigmas[stop])
+        kept_offset = -mean * (std**2 + sigma**2) / (std**2 + sigma_max**2)
+        # The sample mean's standard error is about σ/√(num_samples·dim) ≈ 0.008.
+        expected = 0.0 if forget_prior else kept_offset
+        assert float(sample.mean()) - mean == pytest.approx(expected, abs=0.025), (forget_prior, kept_offset)
+
+
+def test_unset_step_size_follows_the_levels():
+    """NCSN's sampler gets NCSNv2's technique 4: on NCSNv2's CIFAR-10 levels (232 from 50 to 0.01, T = 5) its ε' is
+    the paper's 6.2e-6, i.e. ε = 1.24e-5 here. A consistent one gets 2σ_min²(1 − ρ²); a set `step_size` is kept."""
+    ncsn = AnnealedLangevinScheduler(consistent=False, steps_per_level=5)
+    assert ncsn.step_size_for_levels(232) == pytest.approx(1.24e-5, rel=0.01)
+    # More levels per decade of σ need a smaller step to shrink the smaller excess γ².
+    assert ncsn.step_size_for_levels(500) < ncsn.step_size_for_levels(232)
+    consistent = AnnealedLangevinScheduler()
+    ratio = (consistent.config.sigma_min / consistent.config.sigma_max) ** (1 / 99)
+    assert consistent.step_size_for_levels(100) == pytest.approx(2 * 0.01**2 * (1 - ratio**2), rel=1e-12)
+    # One level: as if it stepped to σ_min, a consistent step denoises fully (η ≈ 1).
+    assert consistent.step_size_for_levels(1) == pytest.approx(2 * 0.01**2, rel=1e-6)
+    assert AnnealedLangevinScheduler(step_size=3e-5, consistent=False).step_size_for_levels(10) == 3e-5
+    # A derived consistent step is consistent at any number of levels.
+    for num_levels in (1, 2, 3, 10, 1000):
+        consistent.set_timesteps(num_levels)
+
+
 def test_consistent_step_size_below_the_level_ratio_names_its_range():
     scheduler = AnnealedLangevinScheduler(consistent=True, step_size=1e-5)
     with pytest.raises(ValueError, match=r"step_size.*num_inference_steps=10|num_inference_steps=10.*step_size"):
@@ -476,11 +560,13 @@ def test_consistent_step_size_below_the_level_ratio_names_its_range():
 
 class TestPredictorCorrectorScheduler(ScoreSchedulerCommonTest):
     scheduler_class = PredictorCorrectorScheduler
+    # The configs with a corrector that `regression_cases.py` recorded before "sample_corrected" became the default
+    # name corrector_norm="batch", the default they were recorded with.
     configs = [
-        {},
+        {"corrector_norm": "batch"},
         {"predictor": "euler_maruyama", "corrector": "none", "prediction_type": "epsilon", "timestep_type": "sigma"},
-        {"predictor": "ancestral", "correct_steps": 2, "timestep_type": "discrete"},
-        {"prior_snr": None, "timestep_type": "sigma"},
+        {"predictor": "ancestral", "correct_steps": 2, "timestep_type": "discrete", "corrector_norm": "batch"},
+        {"prior_snr": None, "timestep_type": "sigma", "corrector_norm": "batch"},
         {"prior_snr": 0.3, "snr_ramp_start": 0.0, "corrector_norm": "sample"},
         {"corrector_norm": "sample", "timestep_type": "sigma"},
         {"sde_type": "vp", "prediction_type": "epsilon", "corrector_norm": "sample"},
@@ -493,10 +579,19 @@ class TestPredictorCorrectorScheduler(ScoreSchedulerCommonTest):
             "prediction_type": "epsilon",
             "timestep_type": "discrete",
         },
-        {"sde_type": "vp", "predictor": "euler_maruyama", "timestep_type": "sigma"},
+        {"sde_type": "vp", "predictor": "euler_maruyama", "timestep_type": "sigma", "corrector_norm": "batch"},
         {"sde_type": "subvp", "predictor": "euler_maruyama", "correct_steps": 0},
         {"sde_type": "subvp", "corrector": "none", "prediction_type": "epsilon", "timestep_type": "discrete"},
-        {"sde_type": "subvp", "predictor": "ancestral", "timestep_type": "sigma", "beta_schedule": "squaredcos_cap_v2"},
+        {
+            "sde_type": "subvp",
+            "predictor": "ancestral",
+            "timestep_type": "sigma",
+            "beta_schedule": "squaredcos_cap_v2",
+            "corrector_norm": "batch",
+        },
+        {},
+        {"sde_type": "vp", "prediction_type": "epsilon", "timestep_type": "discrete"},
+        {"sde_type": "subvp", "predictor": "reverse_diffusion", "correct_steps": 2, "timestep_type": "sigma"},
     ]
 
     def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:

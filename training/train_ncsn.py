@@ -8,7 +8,8 @@ https://arxiv.org/abs/2006.09011.
 The network is Diffusers' `UNet2DModel` with `time_embedding_type="fourier"`: it embeds log σ and divides its output
 by σ, so it returns the score s_θ(x, σ) itself and stock `UNet2DModel.from_pretrained` loads it. The loss is
 λ(σ)·‖s_θ(x̃, σ) + z/σ‖² with λ(σ) = σ², i.e. ‖σ·s_θ + z‖², with σ drawn uniformly from the levels. The output
-folder is a `ScoreGuidedPipeline` with an `AnnealedLangevinScheduler` on the same levels.
+folder is a `ScoreGuidedPipeline` with an `AnnealedLangevinScheduler` on the same levels, at the scheduler's defaults:
+consistent annealed sampling, one step per level, the step size derived from the levels it samples.
 
     accelerate launch training/train_ncsn.py --output_dir ncsn-digits
 """
@@ -21,7 +22,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 from accelerate.logging import get_logger
 
@@ -61,13 +61,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="Number L of geometric levels (default: NCSNv2 technique 2 for the data's dimension).",
     )
-    ncsn.add_argument("--steps_per_level", type=int, default=5, help="Langevin steps T per level when sampling.")
+    ncsn.add_argument("--steps_per_level", type=int, default=1, help="Langevin steps T per level when sampling.")
     ncsn.add_argument(
         "--step_size",
         type=float,
         default=None,
-        help="Langevin step size ε of the saved AnnealedLangevinScheduler (its update x + (α/2)s + √α z, "
-        "α = ε σ_i²/σ_L²). Default: NCSNv2 technique 4 for T and the level ratio.",
+        help="Step size ε of the saved AnnealedLangevinScheduler (drift ε σ_i²/(2σ_L²) times the score). Default: "
+        "unset, so the scheduler derives it from the levels it samples (consistent: the ancestral step; "
+        "--no-consistent: NCSNv2 technique 4 for T and the level ratio).",
+    )
+    ncsn.add_argument(
+        "--consistent",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="Sample with consistent annealed sampling (Jolicoeur-Martineau et al., 2021); --no-consistent for "
+        "NCSN's annealed Langevin dynamics.",
     )
     ncsn.add_argument(
         "--final_denoising",
@@ -92,7 +100,7 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     return args
 
 
-# ---- NCSNv2's choices of the noise levels and the step size -------------------------------------------------------
+# ---- NCSNv2's choice of the noise levels (its technique 4, the step size, is the scheduler's) ---------------------
 
 
 def _standard_normal_cdf(x: float) -> float:
@@ -117,37 +125,27 @@ def num_levels_for(sigma_max: float, sigma_min: float, dimension: int) -> int:
     return max(2, math.ceil(math.log(sigma_max / sigma_min) / math.log(level_ratio_for_dimension(dimension))) + 1)
 
 
-def ncsnv2_step_size(gamma: float, sigma_min: float, steps_per_level: int) -> float:
-    """NCSNv2 technique 4: the ε (for x ← x + α s + √(2α) z, α = ε σ_i²/σ_L²) that brings
-
-        (1 − ε/σ_L²)^{2T} (γ² − 2ε/(σ_L² − σ_L²(1 − ε/σ_L²)²)) + 2ε/(σ_L² − σ_L²(1 − ε/σ_L²)²)
-
-    closest to 1, searched on a log grid of ε/σ_L² in (0, 1).
-    """
-    ratio = np.logspace(-8, -1e-4, 200_000)
-    stationary = 2 * ratio / (1 - (1 - ratio) ** 2)
-    value = (1 - ratio) ** (2 * steps_per_level) * (gamma**2 - stationary) + stationary
-    return float(ratio[np.argmin(np.abs(value - 1))] * sigma_min**2)
-
-
 def build_scheduler(args: argparse.Namespace, data: ImageBatchDataset) -> AnnealedLangevinScheduler:
-    """An `AnnealedLangevinScheduler` on the training levels, with NCSNv2's defaults where arguments are unset."""
+    """An `AnnealedLangevinScheduler` on the training levels, with NCSNv2's levels and the scheduler's sampler
+    defaults where arguments are unset."""
     dimension = data.num_channels * data.resolution**2
     sigma_max = args.sigma_max or max_pairwise_distance(data)
     num_levels = args.num_noise_levels or num_levels_for(sigma_max, args.sigma_min, dimension)
-    gamma = (sigma_max / args.sigma_min) ** (1 / (num_levels - 1))
-    # The scheduler's update is x + (α/2)s + √α z, NCSNv2's is x + α s + √(2α) z: the same dynamics at twice ε.
-    step_size = args.step_size or 2 * ncsnv2_step_size(gamma, args.sigma_min, args.steps_per_level)
-    return AnnealedLangevinScheduler(
+    scheduler = AnnealedLangevinScheduler(
         num_train_timesteps=num_levels,
         sigma_min=args.sigma_min,
         sigma_max=sigma_max,
         steps_per_level=args.steps_per_level,
-        step_size=step_size,
+        step_size=args.step_size,
+        consistent=args.consistent,
         final_denoising=args.final_denoising,
         prediction_type="score",
         timestep_type="sigma",
     )
+    # The sample grids run on the training levels: a --step_size that consistent sampling cannot take there is
+    # refused now, not after training.
+    scheduler.set_timesteps(num_levels)
+    return scheduler
 
 
 # ---- loss -----------------------------------------------------------------------------------------------------------
@@ -180,13 +178,14 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
         data = prepare_training_data(args, args.block_out_channels)
         accelerator = make_accelerator(args, "train_ncsn", data)
         scheduler = build_scheduler(args, data)
+    levels = scheduler.config.num_train_timesteps
+    sampler = "consistent annealed sampling" if scheduler.config.consistent else "annealed Langevin dynamics"
     logger.info(
-        f"{scheduler.config.num_train_timesteps} noise levels from σ_max={scheduler.config.sigma_max:.4g} to "
-        f"σ_min={scheduler.config.sigma_min:.4g}; Langevin step size {scheduler.config.step_size:.3g}"
+        f"{levels} noise levels from σ_max={scheduler.config.sigma_max:.4g} to σ_min={scheduler.config.sigma_min:.4g}; "
+        f"{sampler}, step size {scheduler.step_size_for_levels(levels):.3g} on the {levels} levels"
     )
     torch.manual_seed(args.seed)
     unet = build_unet(args, data, time_embedding_type="fourier")
-    levels = scheduler.config.num_train_timesteps
     grid_fn = pipeline_grid_fn(scheduler, num_inference_steps=levels, seed=args.seed)
     result = train(args, accelerator, unet, data, make_loss(scheduler.convention, accelerator.device), grid_fn)
 
@@ -200,8 +199,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
             args,
             output_dir,
             title="NCSN score model",
-            method="NCSN / NCSNv2 denoising score matching over geometric noise levels, sampled with annealed "
-            "Langevin dynamics",
+            method=f"NCSN / NCSNv2 denoising score matching over geometric noise levels, sampled with {sampler}",
             objective=f"denoising score matching, λ(σ) = σ², σ uniform over {levels} geometric levels",
             script="training/train_ncsn.py",
             tags=["ncsn", "annealed-langevin"],

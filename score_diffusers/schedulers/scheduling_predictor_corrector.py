@@ -12,6 +12,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
 from .. import sampling
+from ..sampling import langevin
 from ..checks import check_int, check_number, check_positive_int
 from .scheduling_utils import (
     SDE_TYPES,
@@ -26,10 +27,10 @@ from .scheduling_utils import (
 
 Predictor = Literal["euler_maruyama", "reverse_diffusion", "ancestral"]
 Corrector = Literal["langevin", "none"]
-CorrectorNorm = Literal["sample", "batch"]
+CorrectorNorm = langevin.CorrectorNorm
 PREDICTORS: tuple[str, ...] = ("euler_maruyama", "reverse_diffusion", "ancestral")
 CORRECTORS: tuple[str, ...] = ("langevin", "none")
-CORRECTOR_NORMS: tuple[str, ...] = ("sample", "batch")
+CORRECTOR_NORMS: tuple[str, ...] = ("sample_corrected", "sample", "batch")
 
 
 class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
@@ -62,11 +63,17 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
     that excess again, by ≈ ((s² + σ_s²)/(s² + σ_t²))² from t to s, so a large snr costs nothing near t = 1 and a
     lot near the data (the README's scheduler table measures it).
 
-    `corrector_norm="batch"` averages the norms over the batch, as score_sde and Diffusers'
-    `ScoreSdeVeScheduler.step_correct` do, so a sample's step depends on its batch;
-    `"sample"` takes them per sample, which makes each sample independent of the others but, in low dimension,
-    biases the chain: a sample far out has a large ‖s_θ‖ and so a small step, and the tails come out too heavy
-    (`benchmarks/bench_schedulers.py`).
+    The corrector's norms (`corrector_norm`): `"sample_corrected"` (the default) sizes each sample's step from its
+    own score alone, η = 2α_i·snr_i²·(d − 2)/‖s_θ‖² with d the sample's number of elements, and raises the drift
+    to (1 + 2/d)·η·s_θ. On a Gaussian level N(μ, vI) that η has the mean of the batch-averaged step, 2α_i·snr_i²·v,
+    and the factor undoes the bias of a step that varies with the sample (η ∝ ‖s_θ‖^(-2) alone would leave the chain
+    (d + 2)/d too wide in E‖x − μ‖²; `sampling.langevin.langevin_corrector_step`). A generator per sample then makes
+    each sample reproducible on its own. Samples of fewer than 8 elements (`MIN_SAMPLE_CORRECTED_DIM` there) are
+    too small to read the level's variance from: they take η = 2α_i·snr_i²·σ_i², stable but weaker near the data.
+    `"batch"` averages the norms over the batch, as score_sde and Diffusers' `ScoreSdeVeScheduler.step_correct` do,
+    so a sample's step depends on its batch. `"sample"` takes both norms per
+    sample uncorrected, which in low dimension biases the chain: a sample far out has a large ‖s_θ‖ and so a small
+    step, and the tails come out too heavy.
 
     Args:
         num_train_timesteps (`int`, defaults to 1000):
@@ -79,7 +86,8 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
             `snr_ramp_start`; `None` keeps `snr` at every time (score_sde's sampler).
         snr_ramp_start (`float`, defaults to 0.8): the time in [0, 1) where the ramp to `prior_snr` begins.
         correct_steps (`int`, defaults to 1): corrector steps per time point (0 turns the corrector off).
-        corrector_norm (`str`, defaults to `"batch"`): `"batch"` or `"sample"` (see above).
+        corrector_norm (`str`, defaults to `"sample_corrected"`): `"sample_corrected"`, `"batch"` or `"sample"` (see
+            above).
         sigma_min (`float`, defaults to 0.01), sigma_max (`float`, defaults to 50.0): the VE noise range.
         beta_min (`float`, defaults to 0.1), beta_max (`float`, defaults to 20.0): the continuous linear VP schedule.
         beta_schedule (`str`, defaults to `"continuous_linear"`): `"continuous_linear"` uses `beta_min`/`beta_max`;
@@ -105,7 +113,7 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         prior_snr: float | None = 0.5,
         snr_ramp_start: float = 0.8,
         correct_steps: int = 1,
-        corrector_norm: CorrectorNorm = "batch",
+        corrector_norm: CorrectorNorm = "sample_corrected",
         sigma_min: float = 0.01,
         sigma_max: float = 50.0,
         beta_min: float = 0.1,
@@ -227,16 +235,16 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
     def _langevin_correct(
         self, sample: torch.Tensor, score: torch.Tensor, index: int, generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Langevin step η = 2·α_i·(snr_i·‖z‖/‖score‖)² at entry `index` of `timesteps`."""
+        """Langevin step η = 2·α_i·(snr_i·‖z‖/‖score‖)² at entry `index` of `timesteps`, its norms as
+        `corrector_norm` says."""
         noise = self._noise_like(sample, generator)
         score_norm = sampling.per_sample_norm(score)
         self._check_finite(score_norm, index)
         i = index // self.evaluations_per_time
-        step_size = sampling.langevin_step_size(
-            score_norm, sampling.per_sample_norm(noise), self._corrector_snrs[i], self._corrector_alphas[i],
-            self.config.corrector_norm, sample.ndim,
+        return langevin.langevin_corrector_step(
+            sample, score, noise, score_norm, self._corrector_snrs[i], self._corrector_alphas[i],
+            self.config.corrector_norm, self._sigmas[i],
         )
-        return sampling.langevin_step(sample, score, step_size, noise)
 
     def _predict(self, sample: torch.Tensor, score: torch.Tensor, i: int, generator) -> tuple[torch.Tensor, torch.Tensor]:
         predictor = self.config.predictor
