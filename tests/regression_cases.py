@@ -79,9 +79,13 @@ def _pipeline_cases() -> dict[str, torch.Tensor]:
     schedulers = {
         "pf_vp": ProbabilityFlowScheduler(sde_type="vp", prediction_type="epsilon", timestep_type="discrete"),
         "pc_vp": PredictorCorrectorScheduler(sde_type="vp", prediction_type="epsilon", timestep_type="discrete"),
-        "pc_ve_sigma": PredictorCorrectorScheduler(timestep_type="sigma", sigma_max=5.0),
+        # The defaults these cases were recorded with, named (the defaults changed since).
+        "pc_ve_sigma": PredictorCorrectorScheduler(timestep_type="sigma", sigma_max=5.0, corrector_norm="batch"),
         "pf_vp_sigma": ProbabilityFlowScheduler(sde_type="vp", timestep_type="sigma", prediction_type="epsilon"),
-        "als": AnnealedLangevinScheduler(sigma_max=5.0, num_train_timesteps=10, steps_per_level=2),
+        "als": AnnealedLangevinScheduler(
+            sigma_max=5.0, num_train_timesteps=10, steps_per_level=2, step_size=1.24e-5, consistent=False,
+            forget_prior=False,
+        ),
     }
     for name, scheduler in schedulers.items():
         pipe = ScoreGuidedPipeline(unet=unet, scheduler=scheduler, classifier=classifier)

@@ -311,7 +311,7 @@ MIXTURE_SCHEDULERS = {
     ),
     "annealed_langevin": (
         lambda: AnnealedLangevinScheduler(
-            num_train_timesteps=30, sigma_min=0.01, sigma_max=2.0, steps_per_level=4, step_size=2e-5
+            num_train_timesteps=30, sigma_min=0.01, sigma_max=2.0, steps_per_level=4, step_size=2e-5, consistent=False
         ),
         30,
     ),
