@@ -25,6 +25,7 @@ model must treat the samples of a batch independently (e.g. `eval()` mode).
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from collections.abc import Callable
@@ -68,6 +69,13 @@ HALF_PRECISION: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
 # The exact divergence takes D backward passes per evaluation (Hutchinson: `num_probes`); above this D a warning
 # says so: at a few hundred evaluations per solve that is hours for an image model where Hutchinson takes seconds.
 EXACT_DIVERGENCE_WARN_DIM = 1024
+# Evaluations of the right-hand side after which a solve is stopped as not converging (`max_nfe`): score_sde's dopri5
+# at its tolerances takes a few hundred on images; a solve that needs fifty times that is stuck (a stiff or noisy
+# model), and without a bound it would run for hours.
+DEFAULT_MAX_NFE = 20_000
+# Largest relative RMS difference between two calls of the model on the same input before it counts as random (dropout
+# left on, a noisy model): an adaptive solver cannot meet its tolerances on a random right-hand side.
+_DETERMINISM_TOLERANCE = 1e-3
 
 
 def eight_bit_offset(data_range: tuple[float, float]) -> float:
@@ -200,10 +208,18 @@ class _ProbabilityFlow:
 
     def drift(self, x: torch.Tensor, t: float, score: torch.Tensor) -> torch.Tensor:
         """f(x, t) − ½g(t)²·`score`, shape and dtype of `x`."""
-        return self.convention.sde.reverse_drift(x, t, score, probability_flow=True).to(x.dtype)
+        drift = self.convention.sde.reverse_drift(x, t, score, probability_flow=True).to(x.dtype)
+        if not all_finite(drift.detach()):
+            raise SamplingError(
+                f"the probability-flow drift overflowed to NaN or infinity at t = {t:.6g} (the model output was "
+                f"finite; the state has grown too large for {x.dtype}); the solve stopped."
+            )
+        return drift
 
     def score(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """∇ₓ log p_t(x) from the model, shape and dtype of `x`."""
+        if not math.isfinite(t):
+            raise SamplingError(f"the solver stepped to t = {t}; the solve stopped (its error estimate was not finite).")
         dtype = self.model_dtype or x.dtype
         timestep = self.convention.timestep(t).to(device=x.device, dtype=dtype).expand(x.shape[0])
         kwargs = {} if self.class_labels is None else {"class_labels": self.class_labels.to(x.device)}
@@ -212,6 +228,8 @@ class _ProbabilityFlow:
         if not isinstance(output, torch.Tensor) or output.shape != x.shape:
             shape = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
             raise ValueError(f"`model` must return a tensor of the samples' shape {tuple(x.shape)}; got {shape}.")
+        if not output.is_floating_point():
+            raise ValueError(f"`model` must return a floating tensor; got {output.dtype}.")
         if not all_finite(output):
             raise SamplingError(f"`model` returned NaN or infinite values at t = {t:.6g}; the solve stopped.")
         sigma = float(self.convention.sde.marginal_std(torch.tensor(t, dtype=torch.float64)))
@@ -261,6 +279,11 @@ def _drift_and_divergence(
                 for p in range(num_probes)
             ]
             divergence = torch.stack(estimates, dim=1)
+    if not all_finite(divergence):
+        raise SamplingError(
+            f"the divergence of the drift is NaN or infinite at t = {t:.6g}: the model's derivative with respect to "
+            "its input is not finite, though its output was; the solve stopped."
+        )
     return drift.detach(), divergence.detach()
 
 
@@ -281,6 +304,7 @@ class _SolverSettings:
     num_steps: int | None
     batch_size: int | None
     show_progress: bool
+    max_nfe: int
 
 
 def _check_solver_settings(
@@ -291,6 +315,7 @@ def _check_solver_settings(
     num_steps: int | None = None,
     batch_size: int | None = None,
     show_progress: bool = True,
+    max_nfe: int = DEFAULT_MAX_NFE,
 ) -> _SolverSettings:
     """Validate the solver arguments (defaults as in `log_likelihood`)."""
     check_choice("method", method, METHODS)
@@ -308,7 +333,8 @@ def _check_solver_settings(
         )
     if batch_size is not None:
         check_positive_int("batch_size", batch_size)
-    return _SolverSettings(method, float(rtol), float(atol), num_steps, batch_size, bool(show_progress))
+    check_positive_int("max_nfe", max_nfe)
+    return _SolverSettings(method, float(rtol), float(atol), num_steps, batch_size, bool(show_progress), max_nfe)
 
 
 def _per_sample_max_rms(tensor: torch.Tensor) -> torch.Tensor:
@@ -343,7 +369,8 @@ def _integrate(
 
     times = torch.tensor([t_start, t_end], dtype=torch.float64, device=y0.device)
     if settings.method in TORCHDIFFEQ_FIXED_METHODS:
-        options = {"step_size": (t_end - t_start) / settings.num_steps}
+        # torchdiffeq flips a decreasing time span itself, so the step size is positive in both directions.
+        options = {"step_size": abs(t_end - t_start) / settings.num_steps}
     else:
         # `step_t` makes the last step land on t_end: past it the SDE's coefficients may be undefined (VP at t < 0).
         # (A tensor, which torchdiffeq negates for a decreasing time span.)
@@ -379,10 +406,17 @@ def _solve_in_chunks(
         for start in range(0, num_samples, chunk):
             rows = slice(start, start + chunk)
             rhs = make_rhs(rows)
+            chunk_start_nfe = nfe
 
             def counted_rhs(t: float, y: torch.Tensor) -> torch.Tensor:
                 nonlocal nfe
                 nfe += 1
+                if nfe - chunk_start_nfe > settings.max_nfe and settings.method not in TORCHDIFFEQ_FIXED_METHODS:
+                    raise SamplingError(
+                        f"the {settings.method} {description} solve did not converge within max_nfe = "
+                        f"{settings.max_nfe} evaluations (at t = {t:.6g}); the model may be stiff or noisy there, or "
+                        "the tolerances too tight for its dtype."
+                    )
                 bar.set_postfix(nfe=nfe, refresh=False)
                 bar.update(0)  # redraws at most every `mininterval`
                 return rhs(t, y)
@@ -417,6 +451,89 @@ def _model_sample_shape(model: Any) -> tuple[int, ...] | None:
     return (channels, *((size, size) if isinstance(size, int) else tuple(size)))
 
 
+def _model_device(model: Any) -> torch.device | None:
+    """The device of a `torch.nn.Module`'s first parameter or buffer (None for other callables or none at all)."""
+    if not isinstance(model, torch.nn.Module):
+        return None
+    tensor = next(model.parameters(), None)
+    tensor = tensor if tensor is not None else next(model.buffers(), None)
+    return None if tensor is None else tensor.device
+
+
+def _takes_class_labels(model: Callable[..., Any]) -> bool | None:
+    """Whether a callable must (True) or cannot (False) be given `class_labels=`, from its signature; None where
+    either works (an optional parameter, `**kwargs`) or the signature is unknown."""
+    function = model.forward if isinstance(model, torch.nn.Module) else model
+    try:
+        parameters = inspect.signature(function).parameters
+    except (TypeError, ValueError):
+        return None
+    if "class_labels" in parameters:
+        return True if parameters["class_labels"].default is inspect.Parameter.empty else None
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        return None
+    return False
+
+
+def _check_model(
+    model: Any, samples: torch.Tensor, class_labels: torch.Tensor | None, name: str, caller: str = "log_likelihood"
+) -> None:
+    """Refuse, before the solve, a model that cannot serve it: not callable, on another device than `samples`, or
+    whose class conditioning (a Diffusers unet's `num_class_embeds`, or a callable's `class_labels` parameter) does
+    not match `class_labels`; warn of a module left in training mode."""
+    if not callable(model):
+        raise ValueError(f"`model` must be callable as model(x, timestep); got {type(model).__name__}.")
+    device = _model_device(model)
+    if device is not None and device != samples.device:
+        raise ValueError(
+            f"`{name}` are on {samples.device} but `model` is on {device}; move them with `{name}.to({str(device)!r})`."
+        )
+    if isinstance(model, torch.nn.Module) and model.training:
+        warnings.warn(
+            "`model` is in training mode: dropout or batch statistics make the drift random or couple the samples, "
+            "so the likelihood is wrong. Call `model.eval()` first.",
+            stacklevel=4,
+        )
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "num_class_embeds"):
+        num_classes = getattr(config, "num_class_embeds", None)
+        conditional = num_classes is not None or getattr(config, "class_embed_type", None) is not None
+    else:
+        conditional, num_classes = _takes_class_labels(model), None
+    if class_labels is not None and conditional is False:
+        raise ValueError(
+            "`class_labels` were given but `model` is not class-conditional (its config has no `num_class_embeds` "
+            "or its call takes no `class_labels`); leave them out."
+        )
+    if class_labels is None and conditional:
+        if caller != "log_likelihood":
+            raise ValueError(f"`model` is class-conditional; `{caller}` takes no `class_labels` (`log_likelihood` does).")
+        raise ValueError("`model` is class-conditional; pass `class_labels`, one label or one per sample.")
+    if class_labels is not None and isinstance(num_classes, int) and getattr(config, "class_embed_type", None) is None:
+        if int(class_labels.min()) < 0 or int(class_labels.max()) >= num_classes:
+            raise ValueError(
+                f"`class_labels` must lie in [0, {num_classes - 1}] (the model's num_class_embeds = {num_classes}); "
+                f"got values in [{int(class_labels.min())}, {int(class_labels.max())}]."
+            )
+
+
+def _check_deterministic(flow: _ProbabilityFlow, samples: torch.Tensor, t: float) -> None:
+    """Refuse a model whose two calls on the same input differ (dropout left on, a noisy model): an adaptive solver
+    shrinks its steps forever on a random right-hand side. Two calls on at most two samples, not counted as NFE."""
+    rows = slice(0, min(2, samples.shape[0]))
+    probe_flow, x = flow.for_rows(rows), samples[rows]
+    with torch.no_grad():
+        first, second = probe_flow.score(x, t), probe_flow.score(x, t)
+    scale = first.double().pow(2).mean().sqrt()
+    difference = (first.double() - second.double()).pow(2).mean().sqrt()
+    if difference > _DETERMINISM_TOLERANCE * scale:
+        raise ValueError(
+            f"`model` is not deterministic: two calls on the same input at t = {t:.6g} differ by {float(difference):.3g} "
+            f"(RMS, against {float(scale):.3g}). The ODE needs a deterministic model: call `model.eval()` (dropout) "
+            "and remove any noise it adds."
+        )
+
+
 def _check_model_shape(model: Any, samples: torch.Tensor, name: str) -> None:
     """Refuse `samples` of another shape than `(batch, in_channels, *sample_size)` where the model's config declares
     it: a convolutional network runs on other sizes too, but its density there is not the one it was trained for."""
@@ -445,8 +562,13 @@ def _checked_samples(samples: Any, name: str, dtype: torch.dtype | None, model: 
             f"got shape {tuple(samples.shape)} (add a batch dimension with `{name}[None]`)."
         )
     _check_model_shape(model, samples, name)
-    if dtype is not None and not dtype.is_floating_point:
-        raise ValueError(f"`dtype` must be a floating dtype such as torch.float64; got {dtype}.")
+    if not samples.is_floating_point():
+        raise ValueError(
+            f"`{name}` must be a floating tensor; got {samples.dtype}. Scale 8-bit images to the model's range first "
+            "(e.g. x / 127.5 - 1 for [-1, 1]) and pass `data_range` to report bits/dim on the 8-bit scale."
+        )
+    if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"`dtype` must be a floating dtype such as torch.float64; got {dtype!r}.")
     if dtype in HALF_PRECISION:
         raise ValueError(
             f"`dtype` {dtype} is too coarse to integrate the ODE (its state and the divergence integral lose whole "
@@ -460,8 +582,7 @@ def _checked_samples(samples: Any, name: str, dtype: torch.dtype | None, model: 
             stacklevel=3,
         )
         dtype = torch.float32
-    dtype = dtype or (samples.dtype if samples.is_floating_point() else torch.get_default_dtype())
-    samples = samples.detach().to(dtype)
+    samples = samples.detach().to(dtype or samples.dtype)
     if not bool(torch.isfinite(samples).all()):
         raise ValueError(f"`{name}` holds NaN or infinite values.")
     return samples
@@ -472,8 +593,8 @@ def _check_data_range(samples: torch.Tensor, data_range: Any) -> tuple[float, fl
         low, high = (float(v) for v in data_range)
     except (TypeError, ValueError):
         raise ValueError(f"`data_range` must be a pair (low, high) of numbers; got {data_range!r}.") from None
-    if not low < high:
-        raise ValueError(f"`data_range` must have low < high; got {data_range!r}.")
+    if not (math.isfinite(low) and math.isfinite(high) and low < high):
+        raise ValueError(f"`data_range` must be finite with low < high; got {data_range!r}.")
     slack = _RANGE_SLACK * (high - low)
     smallest, largest = float(samples.min()), float(samples.max())
     if smallest < low - slack or largest > high + slack:
@@ -495,11 +616,32 @@ def _draw_per_sample(
     Draws happen on the generator's device (CPU without one) and move to `device`.
     """
     if isinstance(generator, list):
-        if len(generator) != shape[0]:
-            raise ValueError(f"`generator` is a list of {len(generator)}; it must hold one per sample ({shape[0]}).")
         rows = [draw((1, *shape[1:]), g, g.device) for g in generator]
         return torch.cat(rows).to(device)
     return draw(shape, generator, generator.device if generator is not None else torch.device("cpu")).to(device)
+
+
+def _check_generator(generator: Any, batch: int) -> None:
+    """Refuse a `generator` that is neither None, a `torch.Generator`, nor a list of one per sample."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch:
+            raise ValueError(f"`generator` is a list of {len(generator)}; it must hold one per sample ({batch}).")
+        return
+    raise ValueError(
+        f"`generator` must be a torch.Generator or a list of one per sample; got {type(generator).__name__} "
+        "(seed one with torch.Generator().manual_seed(seed))."
+    )
+
+
+def _check_finite_result(values: torch.Tensor, dtype: torch.dtype) -> None:
+    """Raise `SamplingError` if a solve's result overflowed (every evaluation was finite, the end is not)."""
+    if not bool(torch.isfinite(values).all()):
+        raise SamplingError(
+            f"the result of the solve is not finite in {dtype} (its state or the prior's log-density overflowed); "
+            "integrate with dtype=torch.float64, or check the samples' scale."
+        )
 
 
 def _dequantization_kind(dequantize: bool | str) -> str | None:
@@ -587,6 +729,7 @@ def log_likelihood(
     batch_size: int | None = None,
     generator: GeneratorLike = None,
     show_progress: bool = True,
+    max_nfe: int = DEFAULT_MAX_NFE,
 ) -> LikelihoodOutput:
     """Log-likelihood of `samples` under the probability-flow ODE of `model` and `scheduler`.
 
@@ -636,6 +779,12 @@ def log_likelihood(
         generator (`torch.Generator` or `list[torch.Generator]`, *optional*): source of the dequantisation noise,
             then of the probes, drawn up front for the whole batch (a list: one generator per sample).
         show_progress (`bool`, defaults to `True`): show a tqdm bar over samples with the running NFE.
+        max_nfe (`int`, defaults to `DEFAULT_MAX_NFE`): evaluations after which an adaptive solve of a chunk stops
+            with `SamplingError` as not converging.
+
+    Bad arguments raise `ValueError` before the solve (a model that is not callable, on another device, random
+    between two calls, or whose class conditioning does not match `class_labels`); a failure during it (the model,
+    its derivative or the drift turning NaN or infinite, a solver that does not converge) raises `SamplingError`.
 
     Returns:
         `LikelihoodOutput` with `log_likelihood` (nats), `bits_per_dim`, `nfe`, `latent`, `log_likelihood_stderr`
@@ -647,12 +796,15 @@ def log_likelihood(
     check_choice("probe", probe, PROBES)
     check_positive_int("num_probes", num_probes)
     settings = _check_solver_settings(
-        method=method, rtol=rtol, atol=atol, num_steps=num_steps, batch_size=batch_size, show_progress=show_progress
+        method=method, rtol=rtol, atol=atol, num_steps=num_steps, batch_size=batch_size, show_progress=show_progress,
+        max_nfe=max_nfe,
     )
+    _check_generator(generator, samples.shape[0])
     kind = _dequantization_kind(dequantize)
     if kind is not None and data_range is None:
         raise ValueError(f"`dequantize={dequantize!r}` needs `data_range`, the range the 8-bit data was scaled to.")
     labels = _checked_class_labels(class_labels, samples)
+    _check_model(model, samples, labels, "samples")
     log_q = samples.new_zeros(samples.shape[0])
     if data_range is not None:
         data_range = _check_data_range(samples, data_range)
@@ -677,6 +829,7 @@ def log_likelihood(
     num_integrals = num_probes if probes is not None else 1
     states = torch.cat([samples.reshape(batch, dim), samples.new_zeros(batch, num_integrals)], dim=1)
     flow = _ProbabilityFlow(model, convention, labels)
+    _check_deterministic(flow, samples, convention.sampling_eps)
 
     def make_rhs(rows: slice) -> Callable[[float, torch.Tensor], torch.Tensor]:
         chunk_probes = None if probes is None else probes[rows]
@@ -702,6 +855,7 @@ def log_likelihood(
         stderr = per_probe.std(dim=1) / math.sqrt(num_probes)
     offset = eight_bit_offset(data_range) if data_range is not None else 0.0
     bits_per_dim = (log_q - log_p) / (dim * math.log(2)) + offset
+    _check_finite_result(log_p, finals.dtype)
     return LikelihoodOutput(
         log_likelihood=log_p,
         bits_per_dim=bits_per_dim,
@@ -736,6 +890,10 @@ def _checked_class_labels(class_labels: Any, samples: torch.Tensor) -> torch.Ten
     return labels
 
 
+# Arguments of `log_likelihood` that `dequantized_log_likelihood` sets itself.
+_SET_BY_DEQUANTIZED = frozenset({"data_range", "dequantize", "generator", "class_labels"})
+
+
 def dequantized_log_likelihood(
     model: Callable[..., Any],
     scheduler: ConventionLike,
@@ -766,6 +924,15 @@ def dequantized_log_likelihood(
     """
     check_positive_int("num_samples", num_samples)
     check_choice("dequantization", dequantization, DEQUANTIZATIONS)
+    passed_on = [name for name, p in inspect.signature(log_likelihood).parameters.items()
+                 if p.kind is inspect.Parameter.KEYWORD_ONLY and name not in _SET_BY_DEQUANTIZED]
+    unknown = sorted(set(kwargs) - set(passed_on))
+    if unknown:
+        hint = " (`dequantization` names the convention here)" if "dequantize" in unknown else ""
+        raise ValueError(
+            f"`dequantized_log_likelihood` got unknown arguments {', '.join(map(repr, unknown))}{hint}; besides its "
+            f"own it takes {', '.join(map(repr, passed_on))}."
+        )
     samples = _checked_samples(samples, "samples", kwargs.get("dtype"), model)
     batch = samples.shape[0]
     if isinstance(generator, list):
@@ -804,6 +971,7 @@ class SolverKwargs(TypedDict, total=False):
     dtype: torch.dtype | None
     batch_size: int | None
     show_progress: bool
+    max_nfe: int
 
 
 def _transport(
@@ -831,7 +999,9 @@ def _transport(
     convention = _convention_of(scheduler)
     values = _checked_samples(values, name, dtype, model)
     settings = _check_solver_settings(**solver_kwargs)
+    _check_model(model, values, None, name, caller)
     flow = _ProbabilityFlow(model, convention)
+    _check_deterministic(flow, values, _time_span(convention)[0 if forward else 1])
     batch, dims = values.shape[0], values.shape[1:]
 
     def make_rhs(rows: slice) -> Callable[[float, torch.Tensor], torch.Tensor]:
@@ -842,6 +1012,7 @@ def _transport(
         values.reshape(batch, -1), t_span if forward else t_span[::-1], settings, make_rhs,
         "encode" if forward else "decode",
     )
+    _check_finite_result(finals, finals.dtype)
     return FlowOutput(sample=finals.reshape(values.shape), nfe=nfe)
 
 
@@ -853,8 +1024,8 @@ def encode(
     Args:
         model, scheduler: as for `log_likelihood`.
         samples (`torch.Tensor` of shape `(batch, *dims)`): the points x_ε, checked as for `log_likelihood`.
-        **kwargs: `rtol`, `atol`, `method`, `num_steps`, `dtype`, `batch_size`, `show_progress`, as for
-            `log_likelihood` (same defaults); any other (a `log_likelihood`-only `divergence`, ...) is a ValueError.
+        **kwargs: `rtol`, `atol`, `method`, `num_steps`, `dtype`, `batch_size`, `show_progress`, `max_nfe`, as
+            for `log_likelihood` (same defaults); any other (a `log_likelihood`-only `divergence`, ...) is a ValueError.
 
     Returns:
         `FlowOutput(sample=latents, nfe)`, latents of shape `(batch, *dims)`.

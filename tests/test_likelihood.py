@@ -19,7 +19,16 @@ from score_diffusers import ProbabilityFlowScheduler, log_likelihood
 from score_diffusers.conventions import ModelConvention
 from score_diffusers.sde import VESDE, VPSDE
 from score_diffusers.testing import ExactScoreModel, GaussianMixture
-from score_diffusers.likelihood import decode, eight_bit_offset, encode, round_trip
+from score_diffusers.checks import SamplingError
+from score_diffusers.likelihood import (
+    METHODS,
+    TORCHDIFFEQ_FIXED_METHODS,
+    decode,
+    dequantized_log_likelihood,
+    eight_bit_offset,
+    encode,
+    round_trip,
+)
 
 DIM = 4
 NUM_SAMPLES = 32
@@ -256,18 +265,112 @@ def test_float32_unet_with_float64_integration():
         ({"method": "rk4"}, "needs `num_steps`"),
         ({"num_steps": 10}, "`num_steps` is only used by the fixed-grid methods"),
         ({"data_range": (-0.5, 0.5)}, r"`samples` must lie in `data_range` \[-0.5, 0.5\]"),
-        ({"data_range": (1.0, -1.0)}, "`data_range` must have low < high"),
+        ({"data_range": (1.0, -1.0)}, "`data_range` must be finite with low < high"),
         ({"dequantize": True}, "`dequantize=True` needs `data_range`"),
         ({"dtype": torch.int64}, "`dtype` must be a floating dtype"),
         ({"generator": [torch.Generator()]}, "one per sample"),
         ({"dtype": torch.bfloat16}, "`dtype` torch.bfloat16 is too coarse to integrate the ODE"),
         ({"dtype": torch.float16}, "`dtype` torch.float16 is too coarse to integrate the ODE"),
+        # Before: AttributeError from inside.
+        ({"dtype": "float64"}, "`dtype` must be a floating dtype such as torch.float64; got 'float64'"),
+        ({"generator": 0}, "`generator` must be a torch.Generator or a list of one per sample; got int"),
+        ({"generator": [0, 1]}, "`generator` must be a torch.Generator or a list of one per sample; got list"),
+        # Before: "math domain error".
+        ({"data_range": (0.0, math.inf)}, "`data_range` must be finite with low < high"),
+        ({"data_range": (math.nan, 1.0)}, "`data_range` must be finite with low < high"),
+        ({"max_nfe": 0}, "`max_nfe` must be an integer >= 1"),
+        ({"rtol": math.nan}, "`rtol` must be a finite number > 0"),
+        ({"atol": math.inf}, "`atol` must be a finite number > 0"),
+        ({"method": "euler", "num_steps": 0}, "`num_steps` must be an integer >= 1"),
+        ({"method": "rk4", "num_steps": 2.5}, "`num_steps` must be an integer >= 1"),
+        # Before: a TypeError from the model at its first call.
+        ({"class_labels": torch.tensor([0])}, "`model` is not class-conditional"),
     ],
 )
 def test_bad_arguments_raise(kwargs, match):
     _, scheduler, model, samples = _setup("vp")
     with pytest.raises(ValueError, match=match):
         log_likelihood(model, scheduler, samples.clamp(-1, 1), show_progress=False, **kwargs)
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool, torch.complex64])
+def test_samples_that_are_not_floating_are_refused(dtype):
+    """Before: integer and bool samples were cast to float and scored silently (8-bit levels as if they were the
+    model's scale: 8,600 bits/dim), complex ones lost their imaginary part with only PyTorch's warning."""
+    _, scheduler, model, samples = _setup("vp")
+    with pytest.raises(ValueError, match=rf"`samples` must be a floating tensor; got {dtype}\. Scale 8-bit images"):
+        log_likelihood(model, scheduler, samples.to(dtype), show_progress=False)
+
+
+class _Affine(torch.nn.Module):
+    def __init__(self, dropout: float = 0.0, device=None):
+        super().__init__()
+        self.linear = torch.nn.Linear(DIM, DIM, device=device, dtype=torch.float64)
+        self.dropout = torch.nn.Dropout(dropout)
+
+    def forward(self, x, timestep):
+        return self.dropout(self.linear(x))
+
+
+def test_models_that_cannot_serve_the_solve_are_refused_before_it():
+    """Before: None raised `TypeError: 'NoneType' object is not callable`; a model on another device a RuntimeError
+    from inside it; dropout left on never converged (no answer after minutes), a module in training mode passed
+    silently; an integer output was blamed on a missing autograd graph."""
+    _, scheduler, model, samples = _setup("vp")
+    samples = samples[:3].clamp(-1, 1)
+    with pytest.raises(ValueError, match="`model` must be callable as model"):
+        log_likelihood(None, scheduler, samples, show_progress=False)
+    with pytest.raises(ValueError, match=r"`samples` are on cpu but `model` is on meta; move them with `samples.to\('meta'\)`"):
+        log_likelihood(_Affine(device="meta").eval(), scheduler, samples, show_progress=False)
+    with pytest.raises(ValueError, match="`latents` are on cpu but `model` is on meta"):
+        decode(_Affine(device="meta").eval(), scheduler, samples, show_progress=False)
+    with pytest.warns(UserWarning, match="`model` is in training mode"), pytest.raises(
+        ValueError, match="`model` is not deterministic: two calls on the same input at t = 0.001 differ"
+    ):
+        log_likelihood(_Affine(dropout=0.5).train(), scheduler, samples, show_progress=False)
+    with pytest.raises(ValueError, match="`model` is not deterministic"):
+        encode(lambda x, t: model(x, t) + torch.randn_like(x), scheduler, samples, show_progress=False)
+    with pytest.warns(UserWarning, match="`model` is in training mode"):
+        log_likelihood(_Affine().train(), scheduler, samples, show_progress=False)
+    with pytest.raises(ValueError, match="`model` must return a floating tensor; got torch.int64"):
+        log_likelihood(lambda x, t: model(x, t).long(), scheduler, samples, show_progress=False)
+
+
+def test_class_labels_must_match_the_models_conditioning():
+    """Before: labels for an unconditional unet, or none for a conditional one, raised Diffusers' ValueError from the
+    first evaluation; an out-of-range label an IndexError from the embedding."""
+    scheduler = ProbabilityFlowScheduler.from_config(DDPMScheduler(num_train_timesteps=100).config)
+    conditional = UNet2DModel(**{**_TINY_UNET, "num_class_embeds": 3}).eval()
+    samples = torch.zeros(2, 1, 8, 8)
+    with pytest.raises(ValueError, match="`model` is class-conditional; pass `class_labels`"):
+        log_likelihood(conditional, scheduler, samples, show_progress=False)
+    with pytest.raises(ValueError, match=r"`class_labels` must lie in \[0, 2\] .*num_class_embeds = 3.*got values in \[0, 3\]"):
+        log_likelihood(conditional, scheduler, samples, class_labels=torch.tensor([0, 3]), show_progress=False)
+    with pytest.raises(ValueError, match="`model` is class-conditional; `encode` takes no `class_labels`"):
+        encode(conditional, scheduler, samples, show_progress=False)
+    with pytest.raises(ValueError, match="`class_labels` were given but `model` is not class-conditional"):
+        log_likelihood(_tiny_unet(), scheduler, samples, class_labels=torch.tensor([0, 1]), show_progress=False)
+    convention = ModelConvention(VESDE(0.01, 10.0), "continuous", "score", 1000)
+    with pytest.raises(ValueError, match="`model` is class-conditional; pass `class_labels`"):
+        log_likelihood(_TwoClassExactModel(convention), convention, torch.zeros(2, 3), show_progress=False)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        # Before: TypeError "got multiple values for keyword argument 'dequantize'".
+        ({"dequantize": "uniform"}, "unknown arguments 'dequantize' \\(`dequantization` names the convention here\\)"),
+        ({"num_step": 3}, "unknown arguments 'num_step'; besides its own it takes 'divergence'"),
+        ({"num_samples": 0}, "`num_samples` must be an integer >= 1"),
+        ({"dequantization": "none"}, "`dequantization` must be one of 'uniform', 'truncated_normal'"),
+        ({"generator": 0}, "`generator` must be a torch.Generator"),
+    ],
+)
+def test_bad_arguments_to_the_dequantized_likelihood_raise(kwargs, match):
+    _, scheduler, model, samples = _setup("vp")
+    with pytest.raises(ValueError, match=match):
+        dequantized_log_likelihood(model, scheduler, samples[:2].clamp(-1, 1), data_range=(-1.0, 1.0),
+                                   show_progress=False, **kwargs)
 
 
 def test_bad_samples_and_schedulers_raise():
@@ -288,19 +391,76 @@ def test_bad_samples_and_schedulers_raise():
         decode(model, scheduler, torch.zeros(3), show_progress=False)
 
 
-@pytest.mark.parametrize("method", ["dopri5", "RK45", "euler"])
-def test_a_model_that_turns_nan_mid_solve_is_a_sampling_error(method):
-    from score_diffusers.checks import SamplingError
+def _convention(kind: str):
+    """The convention of a score SDE, or of a Diffusers DDPM table (discrete timesteps, ε-prediction)."""
+    if kind == "ddpm":
+        return ModelConvention.from_config(DDPMScheduler(num_train_timesteps=1000).config)
+    return ProbabilityFlowScheduler(sde_type=kind, **SCHEDULER_KWARGS[kind]).convention
 
+
+class _FailingModel:
+    """The exact model whose `calls`-th call and every later one return `fault` (NaN, inf) times its output, or
+    whose derivative turns NaN there (`fault="grad"`: + sqrt(|0·x|), 0 with an infinite derivative at 0)."""
+
+    def __init__(self, model, calls: int, fault: str = "nan"):
+        self.model, self.calls, self.fault, self.count = model, calls, fault, 0
+
+    def __call__(self, x, timestep):
+        self.count += 1
+        output = self.model(x, timestep)
+        if self.count < self.calls:
+            return output
+        return output + (x * 0).abs().sqrt() if self.fault == "grad" else output * float(self.fault)
+
+
+@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("kind", ["ve", "vp", "subvp", "ddpm"])
+def test_a_model_that_turns_nan_mid_solve_is_a_sampling_error_for_every_method(kind, method):
+    """Before: dopri5 raised `AssertionError: underflow in dt`, SciPy's RK45 gave no answer after 60 s, VP on a DDPM
+    table an `IndexError` (a NaN time indexed the table). Now the first non-finite output stops the solve, whatever
+    the back end, for the likelihood and for both directions of the flow."""
+    convention = _convention(kind)
+    mixture = MIXTURES["gaussian"]
+    samples = mixture.sample(3, generator=torch.Generator().manual_seed(1))[0].clamp(-1, 1)
+    kwargs = dict(method=method, show_progress=False, **({"num_steps": 4} if method in TORCHDIFFEQ_FIXED_METHODS else {}))
+    # Two calls check the model is deterministic; the fault comes a few evaluations into the solve.
+    for fault, match in (("nan", "`model` returned NaN or infinite values at t = "), ("inf", "returned NaN or infinite"),
+                         ("grad", "the divergence of the drift is NaN or infinite at t = ")):
+        model = _FailingModel(ExactScoreModel(mixture, convention), calls=6, fault=fault)
+        with pytest.raises(SamplingError, match=match):
+            log_likelihood(model, convention, samples, **kwargs)
+    for function in (encode, decode):
+        with pytest.raises(SamplingError, match="`model` returned NaN or infinite values"):
+            function(_FailingModel(ExactScoreModel(mixture, convention), calls=6), convention, samples, **kwargs)
+
+
+def test_nan_in_the_dequantized_likelihood_is_a_sampling_error():
     _, scheduler, model, samples = _setup("vp")
+    failing = _FailingModel(model, calls=4)
+    with pytest.raises(SamplingError, match="`model` returned NaN or infinite values"):
+        dequantized_log_likelihood(failing, scheduler, samples[:3].clamp(-1, 1), data_range=(-1.0, 1.0),
+                                   num_samples=2, show_progress=False)
 
-    def failing(x, timestep):
-        output = model(x, timestep)
-        return output * math.nan if float(timestep.flatten()[0]) > 0.5 else output
 
-    kwargs = {"num_steps": 4} if method == "euler" else {}
-    with pytest.raises(SamplingError, match="NaN"):
-        log_likelihood(failing, scheduler, samples, show_progress=False, method=method, **kwargs)
+def test_a_solve_that_overflows_or_does_not_converge_is_a_sampling_error():
+    """An adaptive solve is bounded by `max_nfe`; a result that overflowed float32 (finite evaluations, an infinite
+    prior log-density) is reported, not returned as −inf."""
+    _, scheduler, model, samples = _setup("vp")
+    with pytest.raises(SamplingError, match="did not converge within max_nfe = 5 evaluations"):
+        log_likelihood(model, scheduler, samples[:2], max_nfe=5, show_progress=False)
+    with pytest.raises(SamplingError, match="did not converge within max_nfe = 5"):
+        encode(model, scheduler, samples[:2], method="RK45", max_nfe=5, show_progress=False)
+    with pytest.raises(SamplingError, match="not finite in torch.float32 .* dtype=torch.float64"):
+        log_likelihood(model, scheduler, samples[:2].float() * 1e30, show_progress=False)
+
+
+@pytest.mark.parametrize("method", ["euler", "midpoint", "rk4"])
+def test_fixed_grid_methods_decode(method):
+    """Before: `decode` (and `round_trip`) with a fixed-grid method raised torchdiffeq's `RuntimeError: upper bound
+    and lower bound inconsistent with step sign` (a negative step size on the decreasing time span)."""
+    _, scheduler, model, samples = _setup("vp")
+    out = round_trip(model, scheduler, samples[:4], method=method, num_steps=200, show_progress=False)
+    assert float(out.error.max()) < 0.05
 
 
 @pytest.mark.parametrize("half", [torch.bfloat16, torch.float16])
@@ -356,11 +516,14 @@ def test_exact_divergence_warns_of_its_cost_in_many_dimensions(monkeypatch):
         _exact(model, scheduler, samples[:2], method="euler", num_steps=1)
 
 
+_TINY_UNET = dict(
+    sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
+    norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+)
+
+
 def _tiny_unet():
-    return UNet2DModel(
-        sample_size=8, in_channels=1, out_channels=1, block_out_channels=(8, 8), layers_per_block=1,
-        norm_num_groups=4, down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
-    ).eval()
+    return UNet2DModel(**_TINY_UNET).eval()
 
 
 @pytest.mark.parametrize(
