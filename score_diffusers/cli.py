@@ -1,7 +1,7 @@
 """The `score-diffusers` command: sample images, compute likelihoods, convert DDPM checkpoints, inpaint and edit.
 
-    score-diffusers sample PIPELINE [--scheduler NAME] [--steps N] [--grid PATH] [--output_dir DIR] ...
-    score-diffusers likelihood IMAGE_FOLDER --pipeline PIPELINE [--divergence exact|hutchinson] ...
+    score-diffusers sample PIPELINE [--scheduler NAME] [--steps N] [--num_images N] [--output_dir DIR] [--npz PATH] ...
+    score-diffusers likelihood IMAGE_FOLDER --pipeline PIPELINE [--divergence exact|hutchinson] [--csv PATH] ...
     score-diffusers convert DDPM_FOLDER OUTPUT_FOLDER [--scheduler NAME] [--overwrite]
     score-diffusers inpaint PIPELINE IMAGE ... --mask MASK [--method smc|replacement|guidance] --output_dir DIR ...
     score-diffusers edit PIPELINE IMAGE ... [--strength S] --output_dir DIR ...
@@ -13,12 +13,16 @@ scheduler, a folder that is not a pipeline, options the pipeline refuses, an out
 checked before any sampling) ends with exit status 2 and a one-line message on stderr; a failure while running
 (`SamplingError`: NaN mid-sampling, a solve that does not converge) with exit status 1 and what happened.
 
+`sample` and `likelihood` split their batches across the processes of `accelerate launch` or `torchrun` (see
+`score_diffusers.distributed`): the outputs do not depend on the number of processes.
+
 `main(argv)` runs in-process and returns the exit status; `python -m score_diffusers` runs it too.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import ctypes
 import errno
 import math
@@ -33,11 +37,13 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
+import numpy as np
 import PIL.Image
 import torch
 from diffusers.utils import logging as diffusers_logging
 
 from .checks import SamplingError
+from .distributed import Processes, batches
 from .export import export_code
 from .image_grid import GRID_MIN_WIDTH, image_grid
 from .likelihood import DIVERGENCES, METHODS, PROBES
@@ -371,9 +377,11 @@ def save_atomically(pipe: ScoreGuidedPipeline, output: Path, with_code: bool = F
 # ---- the subcommands -------------------------------------------------------------------------------------------------
 
 
-def _per_image_generators(seed: int, count: int) -> list[torch.Generator]:
-    """One CPU generator per image, image i seeded with `seed + i`, so each image is reproducible on its own."""
-    return [torch.Generator().manual_seed(seed + index) for index in range(count)]
+def _per_image_generators(seed: int, indices: int | Sequence[int]) -> list[torch.Generator]:
+    """One CPU generator per image, image i seeded with `seed + i` (for i in `indices`, or in range(`indices`)), so
+    each image is reproducible on its own."""
+    indices = range(indices) if isinstance(indices, int) else indices
+    return [torch.Generator().manual_seed(seed + index) for index in indices]
 
 
 def _write_images(images: list[PIL.Image.Image], names: Sequence[str], output_dir: Path | None,
@@ -388,66 +396,226 @@ def _write_images(images: list[PIL.Image.Image], names: Sequence[str], output_di
         print(f"Wrote {grid_path}")
 
 
-def _checked_outputs(args: argparse.Namespace) -> tuple[Path | None, Path | None]:
+def _checked_outputs(args: argparse.Namespace, npz: str | None = None) -> tuple[Path | None, Path | None]:
     """`--output_dir` and `--grid`, checked (and the folder created) before any sampling, so an unwritable path
-    never throws the samples away."""
-    if args.grid is None and args.output_dir is None:
+    never throws the samples away; `npz` is `sample`'s `--npz`, the one other output there is."""
+    if args.grid is None and args.output_dir is None and npz is None:
         raise CLIError("nothing to write: pass --output_dir DIR and/or --grid PATH")
     output_dir = None if args.output_dir is None else writable_folder(args.output_dir, "--output_dir")
     grid_path = None if args.grid is None else writable_image_path(args.grid, "--grid")
     return output_dir, grid_path
 
 
+# ---- sample: many images, resumable, split across processes ----------------------------------------------------------
+
+
+def _sample_name(index: int) -> str:
+    """The file name of image `index` in `sample --output_dir`."""
+    return f"{index:04d}.png"
+
+
+def _is_readable_image(path: Path) -> bool:
+    """Whether `path` is an image file that PIL reads to its end (a truncated or corrupt file is not)."""
+    try:
+        with PIL.Image.open(path) as image:
+            image.load()
+    except (OSError, SyntaxError, ValueError):  # PIL's errors for missing, truncated and malformed files
+        return False
+    return True
+
+
+def _writable_file(path: str | Path, what: str, suffix: str) -> Path:
+    """`path` as a file named `*suffix` in a writable folder, checked before any work; a `CLIError` naming `what`
+    otherwise."""
+    file = Path(path)
+    if file.is_dir():
+        raise CLIError(f"cannot write {what} {path}: it is a folder")
+    if file.suffix != suffix:
+        raise CLIError(f"cannot write {what} {path}: its name must end in {suffix}")
+    writable_folder(file.parent, f"the folder of {what}")
+    return file
+
+
+@contextmanager
+def _written_atomically(path: Path) -> Iterator[Path]:
+    """The hidden file `.NAME.partial` beside `path` to write into; renamed to `path` when the block ends, deleted if
+    it raises. A kill never leaves a half-written `path`, at most the partial file, which the next write replaces."""
+    partial = path.with_name(f".{path.name}.partial")
+    try:
+        yield partial
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
+    os.replace(partial, path)
+
+
+def _save_png_atomically(image: PIL.Image.Image, path: Path) -> None:
+    with _written_atomically(path) as partial:
+        image.save(partial, format="PNG")
+
+
+def _save_npz_atomically(images: Sequence[PIL.Image.Image], path: Path) -> None:
+    """`images` as one uint8 array `arr_0` of shape (N, H, W, C), as guided-diffusion's reference batches hold them
+    (C = 1 for grey images)."""
+    arrays = [np.asarray(image, dtype=np.uint8) for image in images]
+    with _written_atomically(path) as partial, open(partial, "wb") as file:
+        np.savez(file, arr_0=np.stack([array[..., None] if array.ndim == 2 else array for array in arrays]))
+
+
+def _save_csv_atomically(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
+    """`rows` under `header` as a CSV file, floats with all their digits (`repr`)."""
+    with _written_atomically(path) as partial, open(partial, "w", newline="") as file:
+        writer = csv.writer(file)
+        writer.writerow(header)
+        writer.writerows([[repr(value) if isinstance(value, float) else value for value in row] for row in rows])
+
+
+def _class_labels_for(labels: list[int] | None, indices: range, num_images: int) -> list[int] | None:
+    """The `--class_labels` of the images `indices`: the one label for all, or their own of the `num_images`."""
+    if labels is None or len(labels) == 1:
+        return labels
+    if len(labels) != num_images:
+        raise CLIError(f"--class_labels has {len(labels)} labels; give one for all images or one per image "
+                       f"({num_images})")
+    return [labels[index] for index in indices]
+
+
 def run_sample(args: argparse.Namespace) -> int:
-    """`score-diffusers sample`: generate images and write a grid and/or one PNG per image."""
-    output_dir, grid_path = _checked_outputs(args)
-    pipe = load_pipeline(args.pipeline, args.scheduler, args.classifier, args.device, show_progress=not args.quiet)
-    images = pipe(
-        batch_size=args.batch_size,
-        num_inference_steps=args.steps,
-        generator=_per_image_generators(args.seed, args.batch_size),
-        class_labels=args.class_labels,
-        guidance_scale=args.guidance_scale,
-    ).images
+    """`score-diffusers sample`: generate `--num_images` images in batches, split across the launched processes,
+    and write them as PNGs, a grid and/or an `.npz`.
+
+    Batch k (images k·B .. k·B + B − 1, B = `--batch_size`) runs on process k mod W; image i starts from the
+    generator seeded `seed + i`, so the images do not depend on the number of processes W. With `--output_dir`,
+    a batch whose PNGs are all there (and readable) is skipped: a killed run resumes where it stopped. The main
+    process writes the grid and the `.npz` once every process is done.
+    """
+    processes = Processes.from_environment()
+    num_images = args.num_images or args.batch_size
+    output_dir, grid_path = _checked_outputs(args, args.npz)
+    npz_path = None if args.npz is None else _writable_file(args.npz, "--npz", ".npz")
+    _class_labels_for(args.class_labels, range(0), num_images)  # checked before any loading
+    device = args.device or str(processes.default_device())
+    pipe = load_pipeline(args.pipeline, args.scheduler, args.classifier, device,
+                         show_progress=not args.quiet and processes.is_main)
+
+    def done(index: int) -> bool:
+        return output_dir is not None and _is_readable_image(output_dir / _sample_name(index))
+
+    sampled: dict[int, PIL.Image.Image] = {}
+    num_sampled = 0
+    processes.join()
+    for indices in processes.share(batches(num_images, args.batch_size)):
+        missing = [index for index in indices if not done(index)]
+        if not missing:
+            continue
+        # The whole batch, also where some of its PNGs are there: the same batch gives the same images.
+        images = pipe(
+            batch_size=len(indices),
+            num_inference_steps=args.steps,
+            generator=_per_image_generators(args.seed, indices),
+            class_labels=_class_labels_for(args.class_labels, indices, num_images),
+            guidance_scale=args.guidance_scale,
+        ).images
+        num_sampled += len(missing)
+        for index, image in zip(indices, images):
+            if output_dir is None:
+                sampled[index] = image
+            elif index in missing:
+                _save_png_atomically(image, output_dir / _sample_name(index))
+    # Small results only: with --output_dir the images stay on disk and the main process reads them back.
+    gathered = processes.gather((num_sampled, sampled))
+    if gathered is None:
+        return EXIT_OK
+    num_sampled = sum(count for count, _ in gathered)
+    on = f" on {processes.world_size} processes" if processes.world_size > 1 else ""
+    kept = f" ({num_images - num_sampled} already in {output_dir})" if num_sampled < num_images else ""
     print(
-        f"Sampled {len(images)} images with {type(pipe.scheduler).__name__}: {args.steps} steps, "
+        f"Sampled {num_sampled} images{kept} with {type(pipe.scheduler).__name__}{on}: {args.steps} steps, "
         f"{len(pipe.scheduler.timesteps)} model evaluations."
     )
-    _write_images(images, [f"{index:04d}.png" for index in range(len(images))], output_dir, grid_path,
-                  args.grid_columns)
+    if output_dir is not None:
+        print(f"Wrote {num_sampled} images to {output_dir}")
+    if grid_path is None and npz_path is None:
+        return EXIT_OK
+    if output_dir is None:
+        for _, part in gathered:
+            sampled.update(part)
+        images = [sampled[index] for index in range(num_images)]
+    else:
+        images = load_images([output_dir / _sample_name(index) for index in range(num_images)],
+                             pipe.unet.config.in_channels, _resolution(pipe.unet.config), resize=False)
+    if grid_path is not None:
+        image_grid(images, args.grid_columns).save(grid_path)
+        print(f"Wrote {grid_path}")
+    if npz_path is not None:
+        _save_npz_atomically(images, npz_path)
+        print(f"Wrote {npz_path} ({num_images} images, uint8, NHWC)")
     return EXIT_OK
 
 
 def run_likelihood(args: argparse.Namespace) -> int:
-    """`score-diffusers likelihood`: bits/dim of every image of a folder, and their mean."""
+    """`score-diffusers likelihood`: bits/dim of every image of a folder, and their mean.
+
+    The images (sorted by name) are solved in chunks of `--batch_size`; chunk k runs on process k mod W, and
+    image i draws its dequantisation noise and probes from the generator seeded `seed + i`. An adaptive solver
+    takes one step size per chunk, so an image's bits/dim depends on the images it shares its chunk with (within
+    the tolerances), but not on W: the chunks are the same with any number of processes. The processes solve
+    independently (different numbers of steps are fine) and the main process gathers the rows and prints them.
+    """
+    processes = Processes.from_environment()
     files = image_files(args.image_folder)
-    pipe = load_pipeline(args.pipeline, KEEP, device=args.device, show_progress=not args.quiet)
-    images = load_images(files, pipe.unet.config.in_channels, _resolution(pipe.unet.config), args.resize)
-    result = pipe.log_likelihood(
-        images,
-        dequantize=args.dequantize,
-        divergence=args.divergence,
-        probe=args.probe,
-        num_probes=args.num_probes,
-        rtol=args.rtol,
-        atol=args.atol,
-        method=args.method,
-        num_steps=args.num_steps,
-        dtype=DTYPES[args.dtype],
-        batch_size=args.batch_size,
-        generator=_per_image_generators(args.seed, len(images)),
-        show_progress=not args.quiet,
-    )
-    bits_per_dim = result.bits_per_dim.double().cpu()
-    # The Hutchinson standard error, converted from nats per image to bits per dimension.
-    stderr = result.log_likelihood_stderr.double().cpu() / (result.latent[0].numel() * math.log(2))
+    csv_path = None if args.csv is None else _writable_file(args.csv, "--csv", ".csv")
+    device = args.device or str(processes.default_device())
+    pipe = load_pipeline(args.pipeline, KEEP, device=device, show_progress=not args.quiet and processes.is_main)
+    mine = [index for chunk in processes.share(batches(len(files), args.batch_size)) for index in chunk]
+    rows: dict[int, tuple[float, float]] = {}
+    nfe = 0
+    processes.join()
+    if mine:
+        images = load_images([files[index] for index in mine], pipe.unet.config.in_channels,
+                             _resolution(pipe.unet.config), args.resize)
+        # This process's chunks back to back: the solve's own chunks of --batch_size are exactly them, since
+        # only the last chunk of all may be shorter.
+        result = pipe.log_likelihood(
+            images,
+            dequantize=args.dequantize,
+            divergence=args.divergence,
+            probe=args.probe,
+            num_probes=args.num_probes,
+            rtol=args.rtol,
+            atol=args.atol,
+            method=args.method,
+            num_steps=args.num_steps,
+            dtype=DTYPES[args.dtype],
+            batch_size=args.batch_size,
+            generator=_per_image_generators(args.seed, mine),
+            show_progress=not args.quiet and processes.is_main,
+        )
+        bits_per_dim = result.bits_per_dim.double().cpu()
+        # The Hutchinson standard error, converted from nats per image to bits per dimension.
+        stderr = result.log_likelihood_stderr.double().cpu() / (result.latent[0].numel() * math.log(2))
+        rows = dict(zip(mine, zip(bits_per_dim.tolist(), stderr.tolist())))
+        nfe = result.nfe
+    gathered = processes.gather((rows, nfe))
+    if gathered is None:
+        return EXIT_OK
+    for part, _ in gathered:
+        rows.update(part)
     with_stderr = args.divergence == "hutchinson" and args.num_probes > 1
     width = max(len("file"), len("mean"), *(len(path.name) for path in files))
     print(f"{'file':<{width}}  {'bits/dim':>10}" + (f"  {'± stderr':>10}" if with_stderr else ""))
-    for path, bpd, error in zip(files, bits_per_dim.tolist(), stderr.tolist()):
+    for index, path in enumerate(files):
+        bpd, error = rows[index]
         print(f"{path.name:<{width}}  {bpd:>10.4f}" + (f"  {error:>10.4f}" if with_stderr else ""))
-    print(f"{'mean':<{width}}  {bits_per_dim.mean().item():>10.4f}")
-    print(f"{len(files)} images, {result.nfe} evaluations of the probability-flow ODE ({args.divergence} divergence).")
+    print(f"{'mean':<{width}}  {math.fsum(bpd for bpd, _ in rows.values()) / len(files):>10.4f}")
+    if csv_path is not None:
+        _save_csv_atomically(csv_path, ["file", "bits_per_dim", "stderr"],
+                             [[path.name, *rows[index]] for index, path in enumerate(files)])
+        print(f"Wrote {csv_path}")
+    per_process = [count for _, count in gathered]
+    split = f" (per process: {', '.join(map(str, per_process))})" if processes.world_size > 1 else ""
+    print(f"{len(files)} images, {sum(per_process)} evaluations of the probability-flow ODE{split} "
+          f"({args.divergence} divergence).")
     return EXIT_OK
 
 
@@ -593,7 +761,8 @@ def _positive_float(text: str) -> float:
 def _add_common_arguments(parser: argparse.ArgumentParser, seed_help: str) -> None:
     """`--seed`, `--device` and `--quiet`, which `sample` and `likelihood` share."""
     parser.add_argument("--seed", type=int, default=0, help=seed_help)
-    parser.add_argument("--device", default=None, help="torch device; CUDA when available, else CPU")
+    parser.add_argument("--device", default=None,
+                        help="torch device; CUDA when available (device LOCAL_RANK under several processes), else CPU")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
@@ -643,21 +812,36 @@ def build_parser() -> argparse.ArgumentParser:
 
     sample = _add_subcommand(
         subcommands, "sample", run_sample, "Generate images with a score scheduler.",
-        "Writes a PNG grid (--grid) and/or one PNG per image (--output_dir). Image i starts from its own\n"
-        "generator seeded with seed + i. Guidance needs a classifier: one saved in the pipeline or --classifier.",
+        "Writes one PNG per image (--output_dir), a PNG grid (--grid) and/or an .npz (--npz). Image i starts\n"
+        "from its own generator seeded with seed + i, and the images are sampled in batches of --batch_size.\n"
+        "Under `accelerate launch` or `torchrun` the batches are split across the processes (batch k on process\n"
+        "k mod W), so the images are the same with any number of processes; the main process writes the grid and\n"
+        "the .npz at the end. With --output_dir, a rerun skips the batches whose PNGs are all there (resume).\n"
+        "Guidance needs a classifier: one saved in the pipeline or --classifier.",
         epilog=scheduler_help(),
     )
     sample.add_argument("pipeline", metavar="PIPELINE", help=pipeline_help)
     _add_scheduler_argument(sample, "sampler to run (see the list below)")
     sample.add_argument("--steps", type=_positive_int, default=50, help="num_inference_steps of the scheduler")
-    sample.add_argument("--batch_size", type=_positive_int, default=16, help="number of images")
-    _add_guidance_and_output_arguments(sample, "write 0000.png, 0001.png, ... here")
+    sample.add_argument("--num_images", type=_positive_int, default=None,
+                        help="number of images (default: --batch_size, one batch)")
+    sample.add_argument("--batch_size", type=_positive_int, default=16,
+                        help="images sampled together, per process; the last batch may be shorter")
+    sample.add_argument("--npz", default=None, metavar="PATH",
+                        help="write all images as one uint8 array arr_0 (N, H, W, C) to this .npz, at the end")
+    _add_guidance_and_output_arguments(
+        sample, "write 0000.png, 0001.png, ... here, each renamed into place once whole; images already there are "
+        "not sampled again (resume)")
 
     likelihood = _add_subcommand(
         subcommands, "likelihood", run_likelihood, "Bits/dim of every image in a folder under a pipeline's model.",
         "Integrates the probability-flow ODE of the pipeline's model and scheduler (score_diffusers.log_likelihood)\n"
         "and prints a table of file and bits/dim on the 8-bit scale, then the mean. Images are read with PIL in the\n"
-        "unet's channels (grey or RGB); a size other than the unet's is an error unless --resize.",
+        "unet's channels (grey or RGB); a size other than the unet's is an error unless --resize. Image i (in\n"
+        "name order) draws its dequantisation and probes from seed + i. Under `accelerate launch` or `torchrun` the\n"
+        "chunks of --batch_size images are split across the processes (chunk k on process k mod W) and the main\n"
+        "process prints the table: the same bits/dim with any number of processes. An adaptive solver takes one\n"
+        "step size per chunk, so a different --batch_size moves an image's bits/dim within the tolerances.",
     )
     likelihood.add_argument("image_folder", metavar="IMAGE_FOLDER", help="folder of images (png, jpg, ...)")
     likelihood.add_argument("--pipeline", required=True, help=pipeline_help)
@@ -673,8 +857,11 @@ def build_parser() -> argparse.ArgumentParser:
     likelihood.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=True,
                             help="uniform dequantisation (k + u)/256 of the 8-bit levels")
     likelihood.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the integration")
-    likelihood.add_argument("--batch_size", type=_positive_int, default=16, help="images per ODE solve")
+    likelihood.add_argument("--batch_size", type=_positive_int, default=16,
+                            help="images per ODE solve (a chunk), per process")
     likelihood.add_argument("--resize", action="store_true", help="resize images to the unet's resolution")
+    likelihood.add_argument("--csv", default=None, metavar="PATH",
+                            help="also write file, bits_per_dim and stderr of every image (all digits) to this .csv")
     _add_common_arguments(likelihood, "dequantisation noise and probes of image i use seed + i")
 
     def add_conditional_arguments(parser: argparse.ArgumentParser) -> None:
