@@ -73,3 +73,19 @@ def check_number(
         alternative = f", or None {none_means}".rstrip() if allow_none else ""
         raise ValueError(f"`{argument}` must be {interval}{alternative}; got {value!r}.")
 
+
+def check_generator(generator: Any, batch_size: int, batch: str = "`batch_size`") -> None:
+    """Raise a `ValueError` unless `generator` is None, a `torch.Generator`, or a list of exactly `batch_size` of them
+    (one per sample; `batch` names where the size comes from)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)) and all(isinstance(g, torch.Generator) for g in generator):
+        if len(generator) != batch_size:
+            raise ValueError(
+                f"`generator` must be one generator or a list of one per sample ({batch} is {batch_size}); got a "
+                f"list of {len(generator)}."
+            )
+        return
+    raise ValueError(
+        f"`generator` must be a `torch.Generator` or a list of them, one per sample; got {type(generator).__name__}."
+    )

@@ -427,6 +427,71 @@ class ScoreSchedulerCommonTest:
         with pytest.raises(ValueError, match="timestep"):
             scheduler.step(sample, scheduler.timesteps[-1], sample)
 
+    def test_generator_list_must_be_one_per_sample(self, config):
+        """A list of generators longer or shorter than the batch, or something else than generators, is refused before
+        the step changes any state."""
+        scheduler = self.make(config)
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        sample, timestep = torch.zeros(FLAT_SHAPE), scheduler.timesteps[0]
+        too_many, too_few = per_sample_generators(range(BATCH_SIZE + 1)), per_sample_generators(range(BATCH_SIZE - 1))
+        for generator in (too_many, too_few, 0):
+            with pytest.raises(ValueError, match="`generator` must be"):
+                scheduler.step(sample, timestep, sample, generator=generator)
+        assert scheduler.step_index == 0
+
+    def test_timestep_tensor_is_one_entry_for_the_whole_batch(self, config, mixture):
+        """One timestep per sample is accepted when all are the current entry; entries that differ, or a count that is
+        neither 1 nor the batch, are refused."""
+        scheduler = self.make(config)
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        sample, timesteps = prior_sample(scheduler, FLAT_SHAPE, make_generator(0)), scheduler.timesteps
+        model_output = ExactScoreModel(mixture, scheduler)(sample, timesteps[0])
+        differing = torch.cat([timesteps[:1].expand(BATCH_SIZE - 1), timesteps[-1:]])
+        for bad in (differing, timesteps[:1].expand(BATCH_SIZE + 1)):
+            with pytest.raises(ValueError, match="`timestep` must be"):
+                scheduler.step(model_output, bad, sample)
+        scheduler.step(model_output, timesteps[:1].expand(BATCH_SIZE), sample)
+        assert scheduler.step_index == 1
+
+    def test_non_finite_sample(self, config, mixture):
+        """NaN or inf in the sample: bad input at the run's first step (`ValueError`), a failure of the run later
+        (`SamplingError`)."""
+        scheduler = self.make(config)
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        model = ExactScoreModel(mixture, scheduler)
+        sample = prior_sample(scheduler, FLAT_SHAPE, make_generator(0))
+        first = scheduler.timesteps[0]
+        bad = sample.clone()
+        bad[1, 3] = math.nan
+        with pytest.raises(ValueError, match="`sample` holds NaN"):
+            scheduler.step(model(sample, first), first, bad)
+        sample = scheduler.step(model(sample, first), first, sample).prev_sample.clone()
+        sample[2, 0] = math.inf
+        second = scheduler.timesteps[1]
+        with pytest.raises(SamplingError, match="`sample` holds NaN or infinite values at step 1"):
+            scheduler.step(torch.zeros_like(sample), second, sample)
+
+    def test_two_loops_sharing_a_scheduler_are_caught_at_the_first_wrong_step(self, config, mixture):
+        """Loop A steps, loop B restarts the scheduler and steps, loop A steps again with its own sample: refused at
+        that step, and B goes on. An output fed again one step later is refused the same way."""
+        scheduler = self.make(config)
+        model = ExactScoreModel(mixture, scheduler)
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        first, second = scheduler.timesteps[0], scheduler.timesteps[1]
+        loop_a = prior_sample(scheduler, FLAT_SHAPE, make_generator(0))
+        loop_a = scheduler.step(model(loop_a, first), first, loop_a).prev_sample
+        scheduler.set_timesteps(NUM_INFERENCE_STEPS)
+        loop_b = prior_sample(scheduler, FLAT_SHAPE, make_generator(1))
+        loop_b = scheduler.step(model(loop_b, first), first, loop_b).prev_sample
+        with pytest.raises(ValueError, match="two sampling loops"):
+            scheduler.step(model(loop_a, second), second, loop_a)
+        later = scheduler.step(model(loop_b, second), second, loop_b).prev_sample
+        assert bool(torch.isfinite(later).all())
+        if len(scheduler.timesteps) > 2:
+            third = scheduler.timesteps[2]
+            with pytest.raises(ValueError, match="output of step 0 of this run"):
+                scheduler.step(model(loop_b, third), third, loop_b)
+
     def test_unknown_config_key(self, config):
         scheduler_config = {**self.make(config).config, "not_a_scheduler_key": 1}
         with pytest.raises(ValueError, match="not_a_scheduler_key"):
@@ -712,6 +777,8 @@ def test_unknown_option_names_argument_and_choices(
         (ProbabilityFlowScheduler, "s_noise", -0.5),
         (AnnealedLangevinScheduler, "steps_per_level", 0),
         (AnnealedLangevinScheduler, "step_size", 0.0),
+        (AnnealedLangevinScheduler, "step_size", math.nan),
+        (AnnealedLangevinScheduler, "step_size", math.inf),
     ],
 )
 def test_bad_numeric_option_names_argument(scheduler_class: type[ScoreSchedulerMixin], argument: str, value: Any):

@@ -76,6 +76,8 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
     """
 
     _supported_sde_types = ("ve",)
+    # VE only: of Diffusers' schedulers, only `ScoreSdeVeScheduler` configs convert.
+    _compatibles = ["ScoreSdeVeScheduler"]
 
     @register_to_config
     def __init__(
@@ -188,9 +190,9 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
             return_dict (`bool`, defaults to `True`): return a `ScoreSchedulerOutput` rather than a tuple.
 
         Returns:
-            `ScoreSchedulerOutput`, or the tuple `(prev_sample, prev_sample_mean, pred_original_sample)`.
+            `ScoreSchedulerOutput`, or the tuple `(prev_sample, pred_original_sample, prev_sample_mean)`.
         """
-        index = self._begin_step(model_output, timestep, sample)
+        index = self._begin_step(model_output, timestep, sample, generator)
         sigma = self._sigmas[index]
         score = self.convention.score_from_output(model_output, sigma)
         pred_original = self.convention.denoised(sample, score, 1.0, sigma)
@@ -206,6 +208,4 @@ class AnnealedLangevinScheduler(ScoreSchedulerMixin, ConfigMixin):
             # η·σ² with η = ε/(2σ_min²): α_i/2 of NCSN's update.
             langevin_step = 0.5 * self._step_size * (sigma / self.config.sigma_min) ** 2
             prev_sample, prev_mean = langevin.langevin_step(sample, score, langevin_step, noise, noise_std)
-        if not return_dict:
-            return prev_sample, prev_mean, pred_original
-        return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
+        return self._step_output(index, prev_sample, prev_mean, pred_original, return_dict)

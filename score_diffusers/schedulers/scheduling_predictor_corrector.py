@@ -13,7 +13,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
 from .. import sampling
 from ..sampling import langevin
-from ..checks import check_int, check_number, check_positive_int
+from ..checks import check_int, check_number
 from .scheduling_utils import (
     SDE_TYPES,
     BetaSchedule,
@@ -150,15 +150,27 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
         corrector_steps = self.config.correct_steps if self.config.corrector == "langevin" else 0
         return corrector_steps + 1
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Set the time grid t_i = linspace(1, ε, `num_inference_steps`) and reset the step state.
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[float] | torch.Tensor | None = None,
+        sigmas: list[float] | torch.Tensor | None = None,
+    ) -> None:
+        """Set the time grid t_i = linspace(1, ε, `num_inference_steps`), or a custom one, and reset the step state.
 
         Args:
-            num_inference_steps (`int`): number n of predictor steps; the model runs n·(1 + correct_steps) times.
+            num_inference_steps (`int`, *optional*): number n of predictor steps; the model runs n·(1 + correct_steps)
+                times.
             device (`str` or `torch.device`, *optional*): where `timesteps` live.
+            timesteps (`list[float]`, *optional*), sigmas (`list[float]`, *optional*): custom time points instead of
+                `num_inference_steps`, as model timesteps or as noise levels σ̄ = σ_t/α_t (`_run_times`).
         """
-        check_positive_int("num_inference_steps", num_inference_steps)
-        times = torch.linspace(self.sde.T, self.sampling_eps, num_inference_steps, dtype=torch.float64)
+        times = self._run_times(
+            num_inference_steps, timesteps, sigmas,
+            lambda n: torch.linspace(self.sde.T, self.sampling_eps, n, dtype=torch.float64),
+        )
+        num_inference_steps = len(times)
         next_times = torch.cat([times[1:], times.new_zeros(1)])
         # The last step lands on the data: α = 1, σ = 0.
         alphas = torch.cat([self.sde.mean_coeff(times), times.new_ones(1)])
@@ -215,9 +227,9 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
             return_dict (`bool`, defaults to `True`): return a `ScoreSchedulerOutput` rather than a tuple.
 
         Returns:
-            `ScoreSchedulerOutput`, or the tuple `(prev_sample, prev_sample_mean, pred_original_sample)`.
+            `ScoreSchedulerOutput`, or the tuple `(prev_sample, pred_original_sample, prev_sample_mean)`.
         """
-        index = self._begin_step(model_output, timestep, sample, check_finite=False)
+        index = self._begin_step(model_output, timestep, sample, generator, check_finite=False)
         i, position = divmod(index, self.evaluations_per_time)
         alpha, sigma = self._alphas[i], self._sigmas[i]
         score = self.convention.score_from_output(model_output, sigma)
@@ -228,9 +240,7 @@ class PredictorCorrectorScheduler(ScoreSchedulerMixin, ConfigMixin):
             self._check_finite(model_output, index)
             prev_sample, prev_mean = self._predict(sample, score, i, generator)
         pred_original = self.convention.denoised(sample, score, alpha, sigma)
-        if not return_dict:
-            return prev_sample, prev_mean, pred_original
-        return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
+        return self._step_output(index, prev_sample, prev_mean, pred_original, return_dict)
 
     def _langevin_correct(
         self, sample: torch.Tensor, score: torch.Tensor, index: int, generator

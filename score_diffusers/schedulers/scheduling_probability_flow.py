@@ -13,7 +13,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
 from .. import sampling
-from ..checks import check_number, check_positive_int
+from ..checks import check_number
 from .scheduling_utils import (
     SDE_TYPES,
     TIME_SPACINGS,
@@ -105,15 +105,27 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
             check_number(argument, value, 0, math.inf, high_open=True)
         check_number("s_tmax", s_tmax, s_tmin, math.inf, allow_none=True, none_means="for no upper bound")
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Set the grid of `num_inference_steps` time points and reset the step state.
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[float] | torch.Tensor | None = None,
+        sigmas: list[float] | torch.Tensor | None = None,
+    ) -> None:
+        """Set the grid of `num_inference_steps` time points (spaced as `time_spacing` says), or a custom one, and
+        reset the step state.
 
         Args:
-            num_inference_steps (`int`): number n of time points; 2n − 1 model calls for Heun, n otherwise.
+            num_inference_steps (`int`, *optional*): number n of time points; 2n − 1 model calls for Heun, n otherwise.
             device (`str` or `torch.device`, *optional*): where `timesteps` live.
+            timesteps (`list[float]`, *optional*), sigmas (`list[float]`, *optional*): custom time points instead of
+                `num_inference_steps`, as model timesteps or as noise levels σ̄ = σ_t/α_t (`_run_times`).
         """
-        check_positive_int("num_inference_steps", num_inference_steps)
-        times = self.convention.time_grid(num_inference_steps, self.config.time_spacing)
+        times = self._run_times(
+            num_inference_steps, timesteps, sigmas,
+            lambda n: self.convention.time_grid(n, self.config.time_spacing),
+        )
+        num_inference_steps = len(times)
         ratios = self.sde.noise_to_signal(times)
         config = self.config
         start_ratios = sampling.churned_ratios(ratios, config.s_churn, config.s_tmin, config.s_tmax)
@@ -180,9 +192,9 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
             return_dict (`bool`, defaults to `True`): return a `ScoreSchedulerOutput` rather than a tuple.
 
         Returns:
-            `ScoreSchedulerOutput`, or the tuple `(prev_sample, prev_sample_mean, pred_original_sample)`.
+            `ScoreSchedulerOutput`, or the tuple `(prev_sample, pred_original_sample, prev_sample_mean)`.
         """
-        index = self._begin_step(model_output, timestep, sample)
+        index = self._begin_step(model_output, timestep, sample, generator)
         kind, i = self._plan[index]
         if kind == "correct":
             alpha, sigma, ratio = self._alphas[i + 1], self._sigmas[i + 1], self._ratios[i + 1]
@@ -210,9 +222,7 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         if not lands_on_grid and self._start_ratios[i + 1] > self._ratios[i + 1]:
             added_std = sampling.churn_noise_std(self._start_ratios[i + 1], self._ratios[i + 1], self.config.s_noise)
             prev_sample = sampling.add_noise(prev_mean, self._noise_like(sample, generator), next_alpha * added_std)
-        if not return_dict:
-            return prev_sample, prev_mean, pred_original
-        return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
+        return self._step_output(index, prev_sample, prev_mean, pred_original, return_dict)
 
     def _multistep_denoised(self, denoised: torch.Tensor, i: int) -> torch.Tensor:
         """The multistep solvers' x̂₀ for the Euler step from point i (`MultistepHistory.combine`); a raised start

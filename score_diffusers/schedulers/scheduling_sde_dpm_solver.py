@@ -12,7 +12,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin  # noqa: F401
 
 from .. import sampling
-from ..checks import check_int, check_number, check_positive_int
+from ..checks import check_int, check_number
 from .scheduling_utils import (
     SDE_TYPES,
     TIME_SPACINGS,
@@ -91,15 +91,27 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
         check_number("eta", eta, 0, 1)
         self._configure(dict(self.config), {"time_spacing": TIME_SPACINGS})
 
-    def set_timesteps(self, num_inference_steps: int, device: str | torch.device | None = None) -> None:
-        """Set the grid of `num_inference_steps` time points and reset the step state.
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[float] | torch.Tensor | None = None,
+        sigmas: list[float] | torch.Tensor | None = None,
+    ) -> None:
+        """Set the grid of `num_inference_steps` time points (spaced as `time_spacing` says), or a custom one, and
+        reset the step state.
 
         Args:
-            num_inference_steps (`int`): number n of time points and of model evaluations.
+            num_inference_steps (`int`, *optional*): number n of time points; the model runs n times.
             device (`str` or `torch.device`, *optional*): where `timesteps` live.
+            timesteps (`list[float]`, *optional*), sigmas (`list[float]`, *optional*): custom time points instead of
+                `num_inference_steps`, as model timesteps or as noise levels σ̄ = σ_t/α_t (`_run_times`).
         """
-        check_positive_int("num_inference_steps", num_inference_steps)
-        times = self.convention.time_grid(num_inference_steps, self.config.time_spacing)
+        times = self._run_times(
+            num_inference_steps, timesteps, sigmas,
+            lambda n: self.convention.time_grid(n, self.config.time_spacing),
+        )
+        num_inference_steps = len(times)
         alphas, sigmas = self.sde.mean_coeff(times), self.sde.marginal_std(times)
         self._alphas = torch.cat([alphas, alphas.new_ones(1)]).tolist()
         self._sigmas = sigmas.tolist()
@@ -130,9 +142,9 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
             return_dict (`bool`, defaults to `True`): return a `ScoreSchedulerOutput` rather than a tuple.
 
         Returns:
-            `ScoreSchedulerOutput`, or the tuple `(prev_sample, prev_sample_mean, pred_original_sample)`.
+            `ScoreSchedulerOutput`, or the tuple `(prev_sample, pred_original_sample, prev_sample_mean)`.
         """
-        i = self._begin_step(model_output, timestep, sample)
+        i = self._begin_step(model_output, timestep, sample, generator)
         alpha, sigma, ratio, next_ratio = self._alphas[i], self._sigmas[i], self._ratios[i], self._ratios[i + 1]
         score = self.convention.score_from_output(model_output, sigma)
         pred_original = self.convention.denoised(sample, score, alpha, sigma)
@@ -145,6 +157,4 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
         prev_sample = prev_mean
         if std > 0:
             prev_sample = sampling.add_noise(prev_mean, self._noise_like(sample, generator), next_alpha * std)
-        if not return_dict:
-            return prev_sample, prev_mean, pred_original
-        return ScoreSchedulerOutput(prev_sample=prev_sample, prev_sample_mean=prev_mean, pred_original_sample=pred_original)
+        return self._step_output(i, prev_sample, prev_mean, pred_original, return_dict)

@@ -6,18 +6,19 @@ described in `score_diffusers.conventions`.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
 from diffusers import ScoreSdeVeScheduler
+from diffusers.configuration_utils import FrozenDict
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, DummyObject
 from diffusers.utils.torch_utils import randn_tensor
 
 from .. import sampling
-from ..checks import SamplingError, all_finite, check_choice, check_int, check_positive_int
+from ..checks import SamplingError, all_finite, check_choice, check_generator, check_int, check_positive_int
 from ..conventions import (
     BETA_SCHEDULES,
     CONVENTION_DEFAULTS,
@@ -58,6 +59,19 @@ __all__ = [
 ]
 
 
+# Diffusers' schedulers whose configs hold a DDPM ᾱ table that `from_config` converts (the ᾱ-table members of
+# `KarrasDiffusionSchedulers`; `EDMEulerScheduler` has no table).
+ALPHA_TABLE_SCHEDULERS: tuple[str, ...] = (
+    "DDIMScheduler", "DDPMScheduler", "PNDMScheduler", "LMSDiscreteScheduler", "EulerDiscreteScheduler",
+    "HeunDiscreteScheduler", "EulerAncestralDiscreteScheduler", "DPMSolverMultistepScheduler",
+    "DPMSolverSinglestepScheduler", "KDPM2DiscreteScheduler", "KDPM2AncestralDiscreteScheduler",
+    "DEISMultistepScheduler", "UniPCMultistepScheduler", "DPMSolverSDEScheduler",
+)
+
+# The attribute `step` sets on the `prev_sample` it returns: (scheduler, run, step index).
+_STEP_MARK = "_score_scheduler_step"
+
+
 @dataclass(frozen=True)
 class ScheduleGrid:
     """Where each entry of a scheduler's `timesteps` stands, so a pipeline can act between steps.
@@ -95,20 +109,23 @@ class ScheduleGrid:
 
 @dataclass
 class ScoreSchedulerOutput(BaseOutput):
-    """Output of a score scheduler's `step`.
+    """Output of a score scheduler's `step`. With `return_dict=False`, `step` returns the tuple
+    `(prev_sample, pred_original_sample, prev_sample_mean)`: its first two items are those of `DDPMScheduler`'s and
+    `EulerDiscreteScheduler`'s tuples.
 
     Args:
         prev_sample (`torch.Tensor` of shape `(batch, *dims)`):
             The sample to feed the next model call.
-        prev_sample_mean (`torch.Tensor` of shape `(batch, *dims)`):
-            `prev_sample` before the step's noise was added (equal to it on noise-free steps).
         pred_original_sample (`torch.Tensor` of shape `(batch, *dims)`):
             The Tweedie denoised estimate x̂₀ = (x_t + σ_t²·score)/α_t at the current sample.
+        prev_sample_mean (`torch.Tensor` of shape `(batch, *dims)`):
+            `prev_sample` before the step's noise was added (equal to it on noise-free steps), as
+            `ScoreSdeVeScheduler`'s `prev_sample_mean`.
     """
 
     prev_sample: torch.Tensor
-    prev_sample_mean: torch.Tensor
     pred_original_sample: torch.Tensor
+    prev_sample_mean: torch.Tensor
 
 
 class MultistepHistory:
@@ -148,6 +165,8 @@ class ScoreSchedulerMixin(SchedulerMixin):
     """
 
     order = 1
+    # The Diffusers schedulers whose configs `from_config` converts (see `compatibles`); looked up inside `diffusers`.
+    _compatibles: ClassVar[list[str]] = [*ALPHA_TABLE_SCHEDULERS, "ScoreSdeVeScheduler"]
     # sde_type values a subclass can sample; annealed Langevin is VE only.
     _supported_sde_types: ClassVar[tuple[str, ...]] = SDE_TYPES
     _score_scheduler_classes: ClassVar[list[type]] = []
@@ -163,12 +182,22 @@ class ScoreSchedulerMixin(SchedulerMixin):
         for argument, accepted in own_choices.items():
             check_choice(argument, getattr(self.config, argument), accepted)
         self.convention = ModelConvention.from_config(convention_config)
+        # Diffusers' `from_config` gives keys the source left at its defaults (`_use_default_values`) the target's
+        # defaults. The model's conventions must survive any swap, into a Diffusers scheduler too (annealed Langevin's
+        # N = 232 and σ_max into `ScoreSdeVeScheduler`): they never count as left at a default.
+        if "_use_default_values" in self.config:
+            config = dict(self.config)
+            defaulted = [k for k in config.pop("_use_default_values") if k not in CONVENTION_DEFAULTS]
+            self._internal_dict = FrozenDict({**config, **({"_use_default_values": defaulted} if defaulted else {})})
         self.sde = self.convention.sde
         self.num_inference_steps: int | None = None
         self.timesteps: torch.Tensor | None = None
         self._grid: ScheduleGrid | None = None
         self._step_index: int | None = None
         self._begin_index: int = 0
+        # Who returned a sample: this scheduler (`_lineage`) in which run (`_run`, new at every `set_timesteps`).
+        self._lineage = object()
+        self._run = object()
 
     @property
     def sampling_eps(self) -> float:
@@ -232,6 +261,63 @@ class ScoreSchedulerMixin(SchedulerMixin):
 
     # ---- step bookkeeping ------------------------------------------------------------------------------------
 
+    def _run_times(
+        self,
+        num_inference_steps: int | None,
+        timesteps: Sequence[float] | torch.Tensor | None,
+        sigmas: Sequence[float] | torch.Tensor | None,
+        default_times: Callable[[int], torch.Tensor],
+    ) -> torch.Tensor:
+        """The time points t_0 > … > t_{n−1} of a run (float64): `default_times(num_inference_steps)`, or a custom
+        schedule given as model `timesteps` (the config's `timestep_type`) or as noise levels `sigmas` (σ̄ = σ_t/α_t,
+        Diffusers' Karras σ; σ_t itself for VE), exactly one of the three. A custom schedule must be finite, inside
+        the model's time range, strictly decreasing in noise level and above noise level 0; else a `ValueError`
+        names the argument."""
+        given = [
+            name for name, value in
+            (("num_inference_steps", num_inference_steps), ("timesteps", timesteps), ("sigmas", sigmas))
+            if value is not None
+        ]
+        if len(given) != 1:
+            raise ValueError(
+                "Pass exactly one of `num_inference_steps`, `timesteps` or `sigmas` to `set_timesteps`; got "
+                f"{' and '.join(f'`{name}`' for name in given) or 'none'}."
+            )
+        if num_inference_steps is not None:
+            check_positive_int("num_inference_steps", num_inference_steps)
+            return default_times(num_inference_steps)
+        argument = given[0]
+        values = torch.as_tensor(timesteps if sigmas is None else sigmas).detach().to("cpu", torch.float64)
+        if values.ndim != 1 or values.numel() == 0 or not bool(torch.isfinite(values).all()):
+            raise ValueError(
+                f"`{argument}` must be a non-empty 1-D sequence of finite numbers; got shape {tuple(values.shape)}"
+                f"{'' if values.ndim != 1 else ' with values ' + str(values.tolist())}."
+            )
+        if argument == "timesteps":
+            self.convention.check_timesteps("timesteps", values)
+            times = self.convention.time(values).clamp(0, self.sde.T)
+        else:
+            ends = torch.tensor([0.0, self.sde.T], dtype=torch.float64)
+            low, high = (float(ratio) for ratio in self.sde.noise_to_signal(ends))
+            tolerance = 1e-6 * high
+            if float(values.min()) < low - tolerance or float(values.max()) > high + tolerance:
+                raise ValueError(
+                    f"`sigmas` must lie in [{low:g}, {high:g}] (σ_t/α_t over the model's time range); got values in "
+                    f"[{float(values.min()):g}, {float(values.max()):g}]."
+                )
+            times = self.sde.time_from_noise_to_signal(values.clamp(low, high)).clamp(0, self.sde.T)
+        if bool((times.diff() >= 0).any()):
+            raise ValueError(
+                f"`{argument}` must go from noisy to clean, strictly decreasing in noise level (t), without repeats; "
+                f"got {values.tolist()}."
+            )
+        if not bool((self.sde.marginal_std(times) > 0).all()):
+            raise ValueError(
+                f"`{argument}` must stay above noise level 0, where the score is infinite: the step from the last "
+                f"entry goes to the data; got {values.tolist()}."
+            )
+        return times
+
     def _reset_timesteps(
         self, model_timesteps: torch.Tensor, num_inference_steps: int, device, grid: ScheduleGrid
     ) -> None:
@@ -242,6 +328,7 @@ class ScoreSchedulerMixin(SchedulerMixin):
         self._grid = grid
         self._begin_index = 0
         self._step_index = 0
+        self._run = object()
 
     def _can_begin_at(self, index: int) -> bool:
         """Whether a run may start at entry `index` (a subclass with multi-entry steps refuses their inner entries)."""
@@ -271,12 +358,20 @@ class ScoreSchedulerMixin(SchedulerMixin):
         self._step_index = begin_index
 
     def _begin_step(
-        self, model_output: torch.Tensor, timestep: TimeLike, sample: torch.Tensor, check_finite: bool = True
+        self,
+        model_output: torch.Tensor,
+        timestep: TimeLike,
+        sample: torch.Tensor,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        check_finite: bool = True,
     ) -> int:
         """Validate one `step` call and return its index into `timesteps`, advancing the counter.
 
-        With `check_finite=False` the caller checks the model output itself, with `_check_finite` on a reduction of
-        it that the step computes anyway.
+        Bad input raises a `ValueError` before any state changes: a step out of order, a `timestep` tensor that is not
+        one value for the whole batch, a `generator` list that is not one per sample, a `sample` that this scheduler
+        returned at another step or in an earlier run (two loops sharing it), a NaN or infinite `sample` at the run's
+        first step. A `sample` that turns NaN or infinite later, and (unless `check_finite=False`, where the caller
+        checks a reduction of it that the step computes anyway) a non-finite model output, raise `SamplingError`.
         """
         if self.timesteps is None:
             raise ValueError(f"Call `{type(self).__name__}.set_timesteps(num_inference_steps)` before `step`.")
@@ -290,17 +385,76 @@ class ScoreSchedulerMixin(SchedulerMixin):
             raise ValueError(
                 f"`model_output` must have the shape of `sample` {tuple(sample.shape)}; got {tuple(model_output.shape)}."
             )
-        given = float(timestep.flatten()[0]) if torch.is_tensor(timestep) else float(timestep)
+        given = self._single_timestep(timestep, sample.shape[0])
         expected = self._timestep_values[index]
         if abs(given - expected) > 1e-4 * max(1.0, abs(expected)):
             raise ValueError(
                 f"`timestep`={given} is not the next entry of `scheduler.timesteps` (index {index}: {expected}); "
                 "step through `timesteps` in order, one call per entry."
             )
+        check_generator(generator, sample.shape[0], "`sample`'s batch")
+        self._check_sample_continues_the_run(sample, index)
+        if not all_finite(sample):
+            if index == self._begin_index:
+                raise ValueError("`sample` holds NaN or infinite values at the first step of the run.")
+            raise SamplingError(
+                f"`sample` holds NaN or infinite values at step {index} (timestep {expected}); sampling stopped."
+            )
         if check_finite:
             self._check_finite(model_output, index)
         self._step_index = index + 1
         return index
+
+    @staticmethod
+    def _single_timestep(timestep: TimeLike, batch_size: int) -> float:
+        """The one value of `timestep`: a number, or a tensor of 1 or `batch_size` equal entries (a loop that feeds the
+        model one timestep per sample passes them so)."""
+        if not torch.is_tensor(timestep):
+            return float(timestep)
+        values = timestep.detach().flatten()
+        if values.numel() not in (1, batch_size):
+            raise ValueError(
+                f"`timestep` must be one value or one per sample ({batch_size}); got a tensor of shape "
+                f"{tuple(timestep.shape)}."
+            )
+        first = float(values[0])
+        if values.numel() > 1 and not bool((values == values[0]).all()):
+            raise ValueError(
+                f"`timestep` must be the same entry of `timesteps` for every sample (a step moves the whole batch); "
+                f"got values from {float(values.min())} to {float(values.max())}."
+            )
+        return first
+
+    def _check_sample_continues_the_run(self, sample: torch.Tensor, index: int) -> None:
+        """Refuse a `sample` this scheduler returned other than at the step just before: the mark of two loops
+        stepping one scheduler. A sample it did not return (x_T, one a callback or a pipeline replaced) is accepted."""
+        mark = getattr(sample, _STEP_MARK, None)
+        if mark is None or mark[0] is not self._lineage or index == self._begin_index:
+            return
+        run, returned_at = mark[1], mark[2]
+        if run is not self._run or returned_at != index - 1:
+            where = "an earlier run (`set_timesteps` was called since)" if run is not self._run else "this run"
+            raise ValueError(
+                f"`sample` is the output of step {returned_at} of {where}, but this is step {index} of the current "
+                "run: two sampling loops seem to share this scheduler; give each loop its own "
+                "(`copy.deepcopy(scheduler)` or `from_config(scheduler.config)`)."
+            )
+
+    def _step_output(
+        self,
+        index: int,
+        prev_sample: torch.Tensor,
+        prev_sample_mean: torch.Tensor,
+        pred_original_sample: torch.Tensor,
+        return_dict: bool,
+    ) -> ScoreSchedulerOutput | tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The output of step `index`; `prev_sample` is marked as this run's output of that step."""
+        setattr(prev_sample, _STEP_MARK, (self._lineage, self._run, index))
+        if not return_dict:
+            return prev_sample, pred_original_sample, prev_sample_mean
+        return ScoreSchedulerOutput(
+            prev_sample=prev_sample, pred_original_sample=pred_original_sample, prev_sample_mean=prev_sample_mean
+        )
 
     def _check_finite(self, values: torch.Tensor, index: int) -> None:
         """Stop sampling at entry `index` of `timesteps` if `values` (the model output, or norms of it) hold NaN or
@@ -322,6 +476,36 @@ class ScoreSchedulerMixin(SchedulerMixin):
     # ---- configs from other schedulers -----------------------------------------------------------------------
 
     @classmethod
+    def _get_compatibles(cls) -> list[type]:
+        """Diffusers' lookup of `_compatibles` (names inside `diffusers`), with this package's score schedulers in
+        front: Diffusers' `from_config` keeps the keys of a compatible class hidden in the config instead of warning,
+        so a swap to a sibling and back restores the sampler keys. Placeholders of schedulers whose optional
+        dependency is missing (`DPMSolverSDEScheduler` without `torchsde`) are left out."""
+        found = [c for c in super()._get_compatibles() if not isinstance(c, DummyObject)]
+        return [*ScoreSchedulerMixin._score_scheduler_classes, *found]
+
+    @property
+    def compatibles(self) -> list[type]:
+        """The scheduler classes a pipeline holding this scheduler may swap it for with `from_config(config)`: the
+        score schedulers that sample this SDE, and the Diffusers schedulers of `_compatibles` where they describe the
+        same model (the ᾱ-table family for a VP config on a DDPM table with ε prediction and DDPM index timesteps;
+        `ScoreSdeVeScheduler` for a VE score model fed σ). `_compatibles` itself names every Diffusers scheduler whose
+        config this class converts from."""
+        sde_type, convention = self.convention.sde_type, self.convention
+        siblings = [k for k in ScoreSchedulerMixin._score_scheduler_classes if sde_type in k._supported_sde_types]
+        diffusers_classes = [c for c in self._get_compatibles() if not issubclass(c, ScoreSchedulerMixin)]
+        outputs = (convention.prediction_type, convention.timestep_type)
+        if sde_type == "vp" and self.config.get("beta_schedule") not in (None, "continuous_linear") and \
+                outputs == ("epsilon", "discrete"):
+            describe_same_model = [c for c in diffusers_classes if c.__name__ in ALPHA_TABLE_SCHEDULERS]
+        elif sde_type == "ve" and outputs == ("score", "sigma") and self.config.get("sampling_eps", 0.0) is not None:
+            # `ScoreSdeVeScheduler` needs its ε as a number (unset, ours means 1e-5).
+            describe_same_model = [c for c in diffusers_classes if c.__name__ == "ScoreSdeVeScheduler"]
+        else:
+            describe_same_model = []
+        return [*siblings, *describe_same_model]
+
+    @classmethod
     def from_config(cls, config: dict[str, Any] | None = None, return_unused_kwargs: bool = False, **kwargs):
         """Instantiate from a config of any score scheduler of this package, of a Diffusers ᾱ-table scheduler
         (`DDPMScheduler`, `DDIMScheduler`, `EulerDiscreteScheduler`, `DPMSolverMultistepScheduler`, …: VP on the
@@ -329,17 +513,21 @@ class ScoreSchedulerMixin(SchedulerMixin):
         σ_min, σ_max, snr, correct_steps and sampling_eps, σ timesteps, batch-averaged corrector at a constant snr).
 
         The source's convention keys (SDE, noise range, ᾱ table, prediction and timestep types, N) are kept even where
-        the source left them at its own defaults. Keys that only a sibling score scheduler uses are dropped, as in any
-        Diffusers scheduler swap; keys no score scheduler knows raise a `ValueError`.
+        the source left them at its own defaults. Keys that only a sibling score scheduler (or a Diffusers scheduler of
+        `_compatibles`) uses stay hidden in the config, as Diffusers does in a swap between compatible schedulers, so
+        swapping back restores them; keys no such scheduler knows raise a `ValueError`. A Diffusers config that holds
+        a score scheduler's hidden keys (one swapped from a score scheduler) is read as that score scheduler's.
         """
         config = dict(config if config is not None else {})
         source = config_source(config)
+        if "sde_type" in config or "steps_per_level" in config:
+            source = "score"
         if source == "ddpm":
             config = convention_config_from_ddpm(config)
         elif source == "score_sde_ve":
             config = _translate_score_sde_ve_config(ScoreSdeVeScheduler.from_config(config).config)
         else:
-            own_names = {klass.__name__ for klass in cls._score_scheduler_classes}
+            own_names = {klass.__name__ for klass in cls._get_compatibles()}
             name = config.get("_class_name", cls.__name__)
             if name not in own_names:
                 raise ValueError(
@@ -352,7 +540,7 @@ class ScoreSchedulerMixin(SchedulerMixin):
             defaulted = [k for k in config.get("_use_default_values", []) if k not in CONVENTION_DEFAULTS]
             config = {**config, "_use_default_values": defaulted}
 
-        known_keys = set().union(*(klass._get_init_keys(klass) for klass in cls._score_scheduler_classes))
+        known_keys = set().union(*(klass._get_init_keys(klass) for klass in cls._get_compatibles()))
         own_keys = cls._get_init_keys(cls) - {"self", "kwargs"}
         unknown = sorted(k for k in {**config, **kwargs} if not k.startswith("_") and k not in known_keys)
         unknown += sorted(k for k in kwargs if k in known_keys and k not in own_keys)
@@ -364,7 +552,6 @@ class ScoreSchedulerMixin(SchedulerMixin):
                 f"{cls.__name__} samples sde_type {', '.join(cls._supported_sde_types)} only; the config has "
                 f"sde_type={sde_type!r}."
             )
-        config = {k: v for k, v in config.items() if k.startswith("_") or k in own_keys}
         return super().from_config(config, return_unused_kwargs=return_unused_kwargs, **kwargs)
 
 
