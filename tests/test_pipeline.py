@@ -462,7 +462,7 @@ def test_class_conditional_unet_takes_labels_directly():
         (True, {"generator": [torch.Generator()]}, "generator"),
         (True, {"batch_size": 0}, "batch_size"),
         (True, {"output_type": "pixels"}, "output_type.*'pil', 'np', 'pt', 'latent'"),
-        (True, {"callback_on_step_end_tensor_inputs": ["latents"]}, "callback_on_step_end_tensor_inputs"),
+        (True, {"callback_on_step_end_tensor_inputs": ["prompt_embeds"]}, "callback_on_step_end_tensor_inputs"),
     ],
 )
 def test_bad_input_raises_a_clear_value_error(ddpm_folder, with_classifier, kwargs, message):
@@ -569,3 +569,25 @@ def test_sample_adaptive_runs_guided_and_reports_evaluations_per_image(ddpm_fold
     guided = pipe.sample_adaptive(**kwargs, generator=[torch.Generator().manual_seed(seed) for seed in (0, 1, 2)], class_labels=[0, 1, 2],
                                   guidance_scale=5.0)
     assert not torch.equal(guided.images, plain.images)
+
+
+def test_missing_folder_given_as_a_path_is_a_clear_error(tmp_path):
+    """A `pathlib.Path` names a folder; a missing one raises `FileNotFoundError` (an `OSError`, as Diffusers' own
+    loaders raise for a folder without a config) naming the argument."""
+    with pytest.raises(FileNotFoundError, match="pretrained_model_name_or_path"):
+        ScoreGuidedPipeline.from_pretrained(tmp_path / "missing")
+    with pytest.raises(OSError, match="scheduler_config.json"):
+        PredictorCorrectorScheduler.from_pretrained(tmp_path / "missing")
+
+
+def test_latents_are_the_initial_noise_before_init_noise_sigma(ddpm_folder):
+    """`latents` replace the draw of x_T's standard normal noise; the scheduler's `init_noise_sigma` scales them, as
+    Diffusers' `prepare_latents` does. A wrong shape or non-finite values are refused."""
+    pipe = load(ddpm_folder, scheduler=PredictorCorrectorScheduler(sigma_max=5.0, timestep_type="sigma"))
+    seen = record_steps(pipe.scheduler)
+    latents = torch.randn((2, 1, IMAGE_SIZE, IMAGE_SIZE), generator=torch.Generator().manual_seed(0))
+    pipe(batch_size=2, num_inference_steps=2, latents=latents, output_type="latent")
+    torch.testing.assert_close(seen[0][2], latents * 5.0)
+    for bad, message in ((latents[:1], r"shape \(2, 1, 8, 8\)"), (latents.fill_(float("nan")), "finite")):
+        with pytest.raises(ValueError, match=message):
+            pipe(batch_size=2, num_inference_steps=2, latents=bad)

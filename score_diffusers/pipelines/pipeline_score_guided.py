@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 from dataclasses import dataclass
 from collections.abc import Callable
 from typing import Any, Literal
@@ -21,7 +22,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..checks import check_choice, check_number, check_positive_int
+from ..checks import check_choice, check_generator, check_number, check_positive_int
 from ..conventions import config_source
 from ..models.denoised_input import as_guidance_classifier
 from .image_processing import ImageInput, images_to_tensor
@@ -128,7 +129,9 @@ class ScoreGuidedPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "unet"
     _optional_components = ["classifier"]
-    _callback_tensor_inputs = ["sample", "pred_original_sample"]
+    # "latents" is Diffusers' name for the loop's sample (callbacks written for its pipelines use it); "sample" is the
+    # same tensor under this pipeline's name.
+    _callback_tensor_inputs = ["latents", "sample", "pred_original_sample"]
 
     def __init__(
         self,
@@ -152,6 +155,14 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         no file of the folder is executed."""
         from ..export import package_components
 
+        if isinstance(pretrained_model_name_or_path, os.PathLike):
+            # Diffusers reads a `str` as a Hub id or a folder; a path object names a folder.
+            pretrained_model_name_or_path = os.fspath(pretrained_model_name_or_path)
+            if not os.path.isdir(pretrained_model_name_or_path):
+                raise FileNotFoundError(
+                    f"`pretrained_model_name_or_path` {pretrained_model_name_or_path!r} is not a folder (a saved "
+                    "pipeline's, with model_index.json)."
+                )
         components = package_components(cls, pretrained_model_name_or_path, kwargs)
         return super().from_pretrained(pretrained_model_name_or_path, **kwargs, **components)
 
@@ -271,6 +282,7 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         batch_size: int = 1,
         num_inference_steps: int = 50,
         generator: torch.Generator | list[torch.Generator] | None = None,
+        latents: torch.Tensor | None = None,
         class_labels: int | list[int] | torch.Tensor | None = None,
         guidance_scale: float = 0.0,
         output_type: OutputType = "pil",
@@ -290,6 +302,10 @@ class ScoreGuidedPipeline(DiffusionPipeline):
                 for predictor-corrector.
             generator (`torch.Generator` or list of `batch_size` of them, *optional*): source of the initial noise and
                 of every sampler noise draw; a list makes each image reproducible on its own.
+            latents (`torch.Tensor` of shape `(batch_size, channels, height, width)`, *optional*): the initial noise,
+                standard normal, instead of a draw from `generator`; as in Diffusers' pipelines it is multiplied by
+                `scheduler.init_noise_sigma` to give x_T (σ_max for VE, 1 for VP). `generator` still drives the
+                sampler's own noise.
             class_labels (`int`, `list[int]` or `torch.Tensor` of shape `(batch_size,)`, *optional*): requested
                 classes (one for all images, or one per image), for guidance and/or a class-conditional unet.
             guidance_scale (`float`, defaults to 0.0): w ≥ 0, the weight of ∇ₓ log q_φ(y | x_t, t).
@@ -300,9 +316,10 @@ class ScoreGuidedPipeline(DiffusionPipeline):
             callback_on_step_end (`Callable`, `PipelineCallback` or `MultiPipelineCallbacks`, *optional*): called
                 after every scheduler step as `callback_on_step_end(pipe, step_index, timestep, callback_kwargs)`,
                 `callback_kwargs` holding the tensors named in `callback_on_step_end_tensor_inputs`; it returns a dict
-                whose `"sample"`, if present, replaces the current sample.
-            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): among `"sample"` (default) and
-                `"pred_original_sample"`.
+                whose `"latents"` or `"sample"` (the same tensor), if replaced, replaces the current sample. It may
+                change `pipe._guidance_scale` for the steps after it, as in Diffusers' pipelines.
+            callback_on_step_end_tensor_inputs (`list[str]`, *optional*): among `"latents"` and `"sample"` (the
+                current sample; `["sample"]` by default) and `"pred_original_sample"`.
 
         Returns:
             [`~pipelines.ImagePipelineOutput`] with `images`, or the tuple `(images,)`.
@@ -311,12 +328,14 @@ class ScoreGuidedPipeline(DiffusionPipeline):
                                                    callback_on_step_end_tensor_inputs)
         device = self._execution_device
         labels = self._prepare_class_labels(class_labels, guidance_scale, batch_size, device)
-        sample = self._initial_noise(batch_size, generator, device)
+        sample = self._initial_noise(batch_size, generator, device, latents)
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         classifier = None if self.classifier is None else as_guidance_classifier(self.classifier)
+        self._guidance_scale = guidance_scale
 
         def model_output_fn(model_input, timestep, alpha, sigma):
-            return self._model_output(model_input, timestep, alpha, sigma, labels, guidance_scale, classifier)
+            scale = self._current_guidance_scale(classifier, labels)
+            return self._model_output(model_input, timestep, alpha, sigma, labels, scale, classifier)
 
         sample = self._sampling_loop(sample, model_output_fn, generator, callback_on_step_end, tensor_inputs)
         image = self._to_images(sample, output_type)
@@ -331,13 +350,7 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         """Validate the arguments every sampling call shares; return the callback's tensor names."""
         check_positive_int("batch_size", batch_size)
         check_choice("output_type", output_type, OUTPUT_TYPES)
-        if isinstance(generator, list) and len(generator) != batch_size:
-            raise ValueError(
-                f"`generator` must be one generator or a list of `batch_size`={batch_size}; got a list of "
-                f"{len(generator)}."
-            )
-        if generator is not None and not isinstance(generator, (torch.Generator, list)):
-            raise ValueError(f"`generator` must be a `torch.Generator` or a list of them; got {type(generator).__name__}.")
+        check_generator(generator, batch_size)
         if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
             tensor_inputs = callback_on_step_end.tensor_inputs
         tensor_inputs = tensor_inputs or ["sample"]
@@ -358,6 +371,7 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         `model_output_fn(model_input, timestep, α, σ)` per entry (α, σ of the entry's grid point), one `step`, then
         `after_step(sample, entry)` where given (the sample then stands at `grid.next_*[entry]`) and the callback."""
         scheduler = self.scheduler
+        self._num_timesteps = len(scheduler.timesteps) - scheduler.begin_index
         for step_index, timestep in enumerate(self.progress_bar(scheduler.timesteps[scheduler.begin_index:])):
             model_input = scheduler.scale_model_input(sample, timestep)
             grid, entry = scheduler.grid, scheduler.step_index
@@ -367,10 +381,13 @@ class ScoreGuidedPipeline(DiffusionPipeline):
             if after_step is not None:
                 sample = after_step(sample, entry)
             if callback_on_step_end is not None:
-                tensors = {"sample": sample, "pred_original_sample": step.pred_original_sample}
+                tensors = {"latents": sample, "sample": sample, "pred_original_sample": step.pred_original_sample}
                 callback_kwargs = {name: tensors[name] for name in tensor_inputs}
                 callback_outputs = callback_on_step_end(self, step_index, timestep, callback_kwargs)
-                sample = callback_outputs.pop("sample", sample)
+                for name in ("latents", "sample"):
+                    replaced = callback_outputs.get(name)
+                    if replaced is not None and replaced is not tensors[name]:
+                        sample = replaced
         return sample
 
     def _sample_size(self) -> tuple[int, int]:
@@ -386,9 +403,45 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         shape = (batch_size, self.unet.config.in_channels, *self._sample_size())
         return randn_tensor(shape, generator=generator, device=device, dtype=self._sample_dtype())
 
-    def _initial_noise(self, batch_size: int, generator, device: torch.device) -> torch.Tensor:
-        """x_T: standard normal noise of the unet's sample shape times `init_noise_sigma`, in the unet's dtype."""
-        return self._standard_normal(batch_size, generator, device) * self.scheduler.init_noise_sigma
+    def _initial_noise(
+        self, batch_size: int, generator, device: torch.device, latents: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x_T: standard normal noise of the unet's sample shape (`latents` where given, else drawn from `generator`)
+        times `init_noise_sigma`, in the unet's dtype on `device`, as Diffusers' `prepare_latents` makes it."""
+        if latents is None:
+            return self._standard_normal(batch_size, generator, device) * self.scheduler.init_noise_sigma
+        shape = (batch_size, self.unet.config.in_channels, *self._sample_size())
+        if not torch.is_tensor(latents) or tuple(latents.shape) != shape:
+            got = tuple(latents.shape) if torch.is_tensor(latents) else type(latents).__name__
+            raise ValueError(
+                f"`latents` must be a tensor of shape {shape} (batch_size, the unet's channels, height, width); got "
+                f"{got}."
+            )
+        if not latents.is_floating_point() or not bool(torch.isfinite(latents).all()):
+            raise ValueError("`latents` must be a floating-point tensor of finite values (standard normal noise).")
+        return latents.to(device=device, dtype=self._sample_dtype()) * self.scheduler.init_noise_sigma
+
+    @property
+    def guidance_scale(self) -> float:
+        """The classifier-guidance weight of the current (or last) run; a step-end callback may change
+        `_guidance_scale`."""
+        return getattr(self, "_guidance_scale", 0.0)
+
+    @property
+    def num_timesteps(self) -> int:
+        """Entries of `scheduler.timesteps` the current (or last) run steps through."""
+        return getattr(self, "_num_timesteps", 0)
+
+    def _current_guidance_scale(self, classifier, labels: torch.Tensor | None) -> float:
+        """`_guidance_scale` as a step-end callback may have changed it, validated as at the call."""
+        scale = self._guidance_scale
+        check_number("guidance_scale", scale, 0, math.inf, high_open=True)
+        if scale > 0 and (classifier is None or labels is None):
+            raise ValueError(
+                f"`guidance_scale` became {scale} during the run, but the run has no classifier and class labels to "
+                "guide with; pass `classifier` and `class_labels` to the call."
+            )
+        return scale
 
     def _to_images(self, sample: torch.Tensor, output_type: str):
         """Samples in [−1, 1] as `output_type` images in [0, 1] (`"latent"`: the samples as they are)."""
