@@ -219,7 +219,7 @@ class _ProbabilityFlow:
     def score(self, x: torch.Tensor, t: float) -> torch.Tensor:
         """∇ₓ log p_t(x) from the model, shape and dtype of `x`."""
         if not math.isfinite(t):
-            raise SamplingError(f"the solver stepped to t = {t}; the solve stopped (its error estimate was not finite).")
+            raise SamplingError(f"the solver stepped to t = {t}; the solve stopped (its error estimate was not finite)")
         dtype = self.model_dtype or x.dtype
         timestep = self.convention.timestep(t).to(device=x.device, dtype=dtype).expand(x.shape[0])
         kwargs = {} if self.class_labels is None else {"class_labels": self.class_labels.to(x.device)}
@@ -507,7 +507,9 @@ def _check_model(
         )
     if class_labels is None and conditional:
         if caller != "log_likelihood":
-            raise ValueError(f"`model` is class-conditional; `{caller}` takes no `class_labels` (`log_likelihood` does).")
+            raise ValueError(
+                f"`model` is class-conditional; `{caller}` takes no `class_labels` (`log_likelihood` does)."
+            )
         raise ValueError("`model` is class-conditional; pass `class_labels`, one label or one per sample.")
     if class_labels is not None and isinstance(num_classes, int) and getattr(config, "class_embed_type", None) is None:
         if int(class_labels.min()) < 0 or int(class_labels.max()) >= num_classes:
@@ -528,9 +530,9 @@ def _check_deterministic(flow: _ProbabilityFlow, samples: torch.Tensor, t: float
     difference = (first.double() - second.double()).pow(2).mean().sqrt()
     if difference > _DETERMINISM_TOLERANCE * scale:
         raise ValueError(
-            f"`model` is not deterministic: two calls on the same input at t = {t:.6g} differ by {float(difference):.3g} "
-            f"(RMS, against {float(scale):.3g}). The ODE needs a deterministic model: call `model.eval()` (dropout) "
-            "and remove any noise it adds."
+            f"`model` is not deterministic: two calls on the same input at t = {t:.6g} differ by "
+            f"{float(difference):.3g} (RMS, against {float(scale):.3g}). The ODE needs a deterministic model: call "
+            "`model.eval()` (dropout) and remove any noise it adds."
         )
 
 

@@ -320,7 +320,7 @@ def test_models_that_cannot_serve_the_solve_are_refused_before_it():
     samples = samples[:3].clamp(-1, 1)
     with pytest.raises(ValueError, match="`model` must be callable as model"):
         log_likelihood(None, scheduler, samples, show_progress=False)
-    with pytest.raises(ValueError, match=r"`samples` are on cpu but `model` is on meta; move them with `samples.to\('meta'\)`"):
+    with pytest.raises(ValueError, match=r"`samples` are on cpu but `model` is on meta; move them with `samples.to"):
         log_likelihood(_Affine(device="meta").eval(), scheduler, samples, show_progress=False)
     with pytest.raises(ValueError, match="`latents` are on cpu but `model` is on meta"):
         decode(_Affine(device="meta").eval(), scheduler, samples, show_progress=False)
@@ -344,7 +344,7 @@ def test_class_labels_must_match_the_models_conditioning():
     samples = torch.zeros(2, 1, 8, 8)
     with pytest.raises(ValueError, match="`model` is class-conditional; pass `class_labels`"):
         log_likelihood(conditional, scheduler, samples, show_progress=False)
-    with pytest.raises(ValueError, match=r"`class_labels` must lie in \[0, 2\] .*num_class_embeds = 3.*got values in \[0, 3\]"):
+    with pytest.raises(ValueError, match=r"`class_labels` must lie in \[0, 2\] .*num_class_embeds = 3.*in \[0, 3\]"):
         log_likelihood(conditional, scheduler, samples, class_labels=torch.tensor([0, 3]), show_progress=False)
     with pytest.raises(ValueError, match="`model` is class-conditional; `encode` takes no `class_labels`"):
         encode(conditional, scheduler, samples, show_progress=False)
@@ -422,10 +422,13 @@ def test_a_model_that_turns_nan_mid_solve_is_a_sampling_error_for_every_method(k
     convention = _convention(kind)
     mixture = MIXTURES["gaussian"]
     samples = mixture.sample(3, generator=torch.Generator().manual_seed(1))[0].clamp(-1, 1)
-    kwargs = dict(method=method, show_progress=False, **({"num_steps": 4} if method in TORCHDIFFEQ_FIXED_METHODS else {}))
+    kwargs = dict(method=method, show_progress=False)
+    if method in TORCHDIFFEQ_FIXED_METHODS:
+        kwargs["num_steps"] = 4
     # Two calls check the model is deterministic; the fault comes a few evaluations into the solve.
-    for fault, match in (("nan", "`model` returned NaN or infinite values at t = "), ("inf", "returned NaN or infinite"),
-                         ("grad", "the divergence of the drift is NaN or infinite at t = ")):
+    faults = (("nan", "`model` returned NaN or infinite values at t = "), ("inf", "returned NaN or infinite"),
+              ("grad", "the divergence of the drift is NaN or infinite at t = "))
+    for fault, match in faults:
         model = _FailingModel(ExactScoreModel(mixture, convention), calls=6, fault=fault)
         with pytest.raises(SamplingError, match=match):
             log_likelihood(model, convention, samples, **kwargs)
