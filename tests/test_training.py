@@ -375,6 +375,28 @@ def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch):
         ("train_score_sde", ["--importance_sampling"], "--importance_sampling needs --weighting likelihood"),
         ("train_score_sde", ["--num_inference_steps", "0"], "--num_inference_steps must be >= 1"),
         ("train_classifier", ["--pretrained_model_name_or_path", "/"], "is not a saved pipeline folder"),
+        # Before: a traceback from AdamW after the output folder was made (NaN, negative), or silently accepted
+        # (a learning rate of 0 trains nothing; --ema_max_decay 2, --max_grad_norm nan or -1, --lr_warmup_steps -1).
+        ("train_ncsn", ["--learning_rate", "nan"], "`--learning_rate` must be a number > 0 (finite); got nan"),
+        ("train_score_sde", ["--learning_rate", "0"], "`--learning_rate` must be a number > 0 (finite); got 0.0"),
+        ("train_classifier", ["--pretrained_model_name_or_path", "/", "--adam_beta1", "1.5"],
+         "`--adam_beta1` must be a number in [0, 1); got 1.5"),
+        ("train_ncsn", ["--adam_epsilon", "-1"], "`--adam_epsilon` must be a number >= 0 (finite)"),
+        ("train_ncsn", ["--use_ema", "--ema_max_decay", "2"], "`--ema_max_decay` must be a number in [0, 1]; got 2.0"),
+        ("train_ncsn", ["--ema_power", "-1"], "`--ema_power` must be a number > 0"),
+        ("train_score_sde", ["--max_grad_norm", "nan"], "`--max_grad_norm` must be a number >= 0 (finite); got nan"),
+        ("train_ncsn", ["--lr_warmup_steps", "-1"], "--lr_warmup_steps must be >= 0; got -1"),
+        ("train_ncsn", ["--dataloader_num_workers", "-1"], "--dataloader_num_workers must be >= 0; got -1"),
+        # Before: NumPy's "Seed must be between 0 and 2**32 - 1", naming no flag.
+        ("train_ncsn", ["--seed", "-1"], "--seed must lie in [0, 4294967295]; got -1"),
+        # Before: OverflowError (NCSN) / silently accepted (VP with an infinite β).
+        ("train_ncsn", ["--sigma_max", "inf"], "`--sigma_max` must be a number > 0 (finite)"),
+        ("train_score_sde", ["--sigma_max", "inf"], "`--sigma_max` must be a number > 0 (finite)"),
+        ("train_score_sde", ["--sde", "vp", "--beta_max", "inf"], "`--beta_max` must be a number >= 0 (finite)"),
+        ("train_score_sde", ["--prediction_type", "epsilon", "--num_train_timesteps", "1"],
+         "--num_train_timesteps must be >= 2 for --prediction_type epsilon"),
+        # Before: refused only after the output folder was made.
+        ("train_ncsn", ["--step_size", "nan"], "`step_size` must be a number > 0 (finite)"),
     ],
 )
 def test_bad_arguments_fail_before_training(script, args, message, tmp_path, capsys):
@@ -386,6 +408,182 @@ def test_bad_arguments_fail_before_training(script, args, message, tmp_path, cap
     stderr = capsys.readouterr().err
     assert "error: " in stderr and message in stderr
     assert not output_dir.exists()
+
+
+@pytest.mark.parametrize("script", ["train_ncsn", "train_score_sde", "train_classifier"])
+def test_an_output_dir_that_cannot_be_written_fails_before_training(script, tmp_path, capsys):
+    """Before: `FileExistsError` / `NotADirectoryError` / `PermissionError` tracebacks (and a folder that exists but
+    cannot be written in failed only at the first checkpoint)."""
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    extra = ["--pretrained_model_name_or_path", str(tmp_path)] if script == "train_classifier" else []
+    for output_dir, message in (
+        (a_file, f"--output_dir '{a_file}' exists and is not a folder"),
+        (a_file / "out", f"--output_dir '{a_file / 'out'}' cannot be created: '{a_file}' is not a folder"),
+        # Writable by no one, root included.
+        (Path("/proc/1/out"), "--output_dir '/proc/1/out' is not writable"),
+    ):
+        with pytest.raises(SystemExit) as raised:
+            load_script(script).main(["--output_dir", str(output_dir), *extra])
+        assert raised.value.code == 2 and message in capsys.readouterr().err
+    assert a_file.read_text() == "not a folder"
+
+
+def _image_folder(root: Path, bad: str) -> Path:
+    """Twenty 8×8 gray PNGs and one bad image: a zero-byte file, text, a truncated PNG, 16-bit or float pixels."""
+    import numpy as np
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    for index in range(20):
+        Image.fromarray(np.full((8, 8), 10 * index, dtype=np.uint8)).save(root / f"{index}.png")
+    if bad == "empty-file":
+        (root / "bad.png").write_bytes(b"")
+    elif bad == "text":
+        (root / "bad.png").write_text("not an image")
+    elif bad == "truncated":
+        whole = (root / "0.png").read_bytes()
+        (root / "bad.png").write_bytes(whole[: len(whole) // 2])
+    elif bad == "16-bit":
+        Image.fromarray(np.full((8, 8), 40_000, dtype=np.uint16)).save(root / "bad.png")
+    elif bad == "float":
+        Image.fromarray(np.full((8, 8), 0.5, dtype=np.float32), "F").save(root / "bad.tiff")
+    return root
+
+
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [
+        # Before: PIL's UnidentifiedImageError at the first batch that held it, after the output folder was made.
+        ("empty-file", "of 21 images, 1 cannot be read as images: {root}/bad.png (UnidentifiedImageError"),
+        ("text", "of 21 images, 1 cannot be read as images: {root}/bad.png (UnidentifiedImageError"),
+        # Before: `OSError: image file is truncated` (a traceback) when it was first read.
+        ("truncated", "of 21 images, 1 cannot be read as images: {root}/bad.png"),
+        # Before: 16-bit levels clipped to 255 (read as white) without a word; float pixels "math domain error".
+        ("16-bit", "of 21 images, 1 are not 8-bit images (modes 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr): "
+                   "{root}/bad.png (mode 'I;16'); convert them to 8 bits"),
+        ("float", "of 21 images, 1 are not 8-bit images (modes 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr): "
+                  "{root}/bad.tiff (mode 'F')"),
+    ],
+)
+def test_corrupt_or_non_8_bit_images_fail_before_training_naming_them(bad, message, tmp_path, capsys):
+    root = _image_folder(tmp_path / "images", bad)
+    output_dir = tmp_path / "out"
+    with pytest.raises(SystemExit) as raised:
+        load_script("train_ncsn").main(["--output_dir", str(output_dir), *TINY, "--train_data_dir", str(root)])
+    assert raised.value.code == 2
+    assert f"error: image folder {root}: " + message.format(root=root) in capsys.readouterr().err
+    assert not output_dir.exists()
+
+
+def _damaged_copy(ncsn_run, tmp_path: Path, damage: str) -> Path:
+    """The checkpoints of `ncsn_run` (steps 2 and 4) copied, checkpoint-4 damaged as a kill or a bad copy leaves it."""
+    source, _ = ncsn_run
+    output_dir = tmp_path / damage
+    for name in ("checkpoint-2", "checkpoint-4"):
+        shutil.copytree(source / name, output_dir / name)
+    latest = output_dir / "checkpoint-4"
+    weights = latest / "model.safetensors"
+    if damage == "missing-weights":
+        weights.unlink()
+    elif damage == "truncated-weights":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "truncated-ema":
+        ema = latest / "ema" / "diffusion_pytorch_model.safetensors"
+        ema.write_bytes(ema.read_bytes()[:100])
+    elif damage == "empty":
+        shutil.rmtree(latest)
+        latest.mkdir()
+    elif damage == "overwritten-in-place":
+        weights.write_bytes(bytes(weights.stat().st_size))
+    return output_dir
+
+
+def _resume(output_dir: Path, *extra: str):
+    return load_script("train_ncsn").main(
+        ["--output_dir", str(output_dir), *NCSN_RUN, "--logger", "none", "--resume_from_checkpoint", *extra]
+    )
+
+
+@pytest.mark.parametrize("damage", ["missing-weights", "truncated-weights", "truncated-ema", "empty"])
+def test_resume_latest_passes_over_an_incomplete_checkpoint(damage, ncsn_run, tmp_path, caplog):
+    """Before: `latest` took the newest folder whatever it held: FileNotFoundError (pytorch_model.bin), SafetensorError
+    or a Hub lookup of the EMA folder. Now each checkpoint's manifest (file sizes) tells it is incomplete, and the run
+    resumes from the last complete one, replaying the uninterrupted run."""
+    output_dir = _damaged_copy(ncsn_run, tmp_path, damage)
+    with caplog.at_level("WARNING"):
+        result = _resume(output_dir, "latest")
+    assert result.global_step == 4
+    assert f"Skipping incomplete checkpoint {output_dir / 'checkpoint-4'}" in caplog.text
+    expected, actual = load_file(ncsn_run[0] / UNET_WEIGHTS), load_file(output_dir / UNET_WEIGHTS)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_resume_from_a_damaged_checkpoint_or_with_other_settings_is_refused(ncsn_run, tmp_path, capsys):
+    """Before: a named incomplete checkpoint crashed inside Accelerate; one damaged in place (sizes intact) raised
+    `SafetensorError`; other settings (levels, batch size, seed, learning rate, EMA) resumed silently, the learning
+    rate then overridden by the restored optimizer; a checkpoint past --max_train_steps was saved as the result."""
+    output_dir = _damaged_copy(ncsn_run, tmp_path, "empty")
+    for extra, message in (
+        ([str(output_dir / "checkpoint-4")], "checkpoint-4' is incomplete or corrupt: it holds no model weights"),
+        (["latest", "--num_noise_levels", "5"], "was written with other settings (--num_noise_levels 6 then, 5 now)"),
+        (["latest", "--seed", "1", "--learning_rate", "0.1"],
+         "(--learning_rate 0.001 then, 0.1 now; --seed 0 then, 1 now). Resume with the same settings"),
+        (["latest", "--max_train_steps", "1"], "checkpoint-2 is at step 2, past --max_train_steps 1"),
+    ):
+        with pytest.raises(SystemExit) as raised:
+            _resume(output_dir, *extra)
+        assert raised.value.code == 2 and message in capsys.readouterr().err, extra
+    shutil.rmtree(output_dir / "checkpoint-2")
+    shutil.copytree(ncsn_run[0] / "checkpoint-2", output_dir / "checkpoint-2")
+    (output_dir / "checkpoint-2" / "model.safetensors").unlink()
+    with pytest.raises(SystemExit) as raised:
+        _resume(output_dir, "latest")
+    assert raised.value.code == 2 and "no complete checkpoint in" in capsys.readouterr().err
+
+    output_dir = _damaged_copy(ncsn_run, tmp_path, "overwritten-in-place")
+    with pytest.raises(ValueError, match=r"checkpoint-4 could not be loaded \(SafetensorError: .*from an earlier"):
+        _resume(output_dir, "latest", "--max_train_steps", "6")
+    assert not (output_dir / "model_index.json").exists()
+
+
+def test_outputs_replace_the_previous_ones_only_once_complete(tmp_path):
+    """Before: the final pipeline, the grid and the card were written in place, so a run killed while saving left a
+    half-written unet (or PNG) over the good one of an earlier run."""
+    from training.checkpoints import save_outputs, written_atomically
+
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "weights").write_text("old")
+    (tmp_path / "model_index.json").write_text("old index")
+
+    def killed_midway(folder: Path) -> None:
+        (folder / "unet").mkdir(parents=True)
+        (folder / "unet" / "weights").write_text("new, half")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        save_outputs(tmp_path, killed_midway)
+    assert (tmp_path / "unet" / "weights").read_text() == "old"
+    assert (tmp_path / "model_index.json").read_text() == "old index"
+
+    def complete(folder: Path) -> None:
+        for name in ("unet", "scheduler"):
+            (folder / name).mkdir(parents=True)
+            (folder / name / "weights").write_text("new")
+        (folder / "model_index.json").write_text("new index")
+
+    save_outputs(tmp_path, complete)
+    assert (tmp_path / "unet" / "weights").read_text() == (tmp_path / "scheduler" / "weights").read_text() == "new"
+    assert (tmp_path / "model_index.json").read_text() == "new index"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model_index.json", "scheduler", "unet"]
+
+    grid = tmp_path / "samples.png"
+    grid.write_text("old grid")
+    with pytest.raises(KeyboardInterrupt), written_atomically(grid) as partial:
+        partial.write_text("half")
+        raise KeyboardInterrupt
+    assert grid.read_text() == "old grid" and not partial.exists()
 
 
 def test_save_checkpoint_refuses_a_limit_that_would_prune_the_new_checkpoint(tmp_path):

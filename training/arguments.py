@@ -9,11 +9,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
+import math
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import checkpoint_step
+from score_diffusers.checks import check_number
+
+from .checkpoints import find_resume_checkpoint, read_manifest
 from .data import DIGITS_DEFAULT_RESOLUTION
 from .unet import check_resolution
 
@@ -33,6 +38,33 @@ _POSITIVE_ARGUMENTS = (
     "checkpoints_total_limit",
     "max_train_samples",
 )
+# Arguments that must be integers >= 0.
+_NON_NEGATIVE_ARGUMENTS = ("lr_warmup_steps", "dataloader_num_workers")
+# Real-valued arguments and their ranges (low, high, low_open, high_open): NaN and infinities are refused.
+_REAL_ARGUMENTS = {
+    "learning_rate": (0.0, math.inf, True, True),
+    "adam_beta1": (0.0, 1.0, False, True),
+    "adam_beta2": (0.0, 1.0, False, True),
+    "adam_weight_decay": (0.0, math.inf, False, True),
+    "adam_epsilon": (0.0, math.inf, False, True),
+    "max_grad_norm": (0.0, math.inf, False, True),
+    "ema_max_decay": (0.0, 1.0, False, False),
+    "ema_inv_gamma": (0.0, math.inf, True, True),
+    "ema_power": (0.0, math.inf, True, True),
+}
+# The seeds NumPy (and so `accelerate.utils.set_seed`) accepts.
+_MAX_SEED = 2**32 - 1
+# Arguments a resumed run may change: how long it runs, where and how often it writes, what it logs, uploads and
+# samples for its grids, how it loads data. Any other change would make the resumed steps those of another run (or,
+# like --learning_rate, be overridden by the restored optimizer state without a word), so it is refused.
+RESUMABLE_ARGUMENTS = frozenset({
+    "output_dir", "resume_from_checkpoint", "max_train_steps", "num_epochs", "checkpointing_steps",
+    "checkpoints_total_limit", "logger", "logging_dir", "save_images_steps", "num_grid_images", "push_to_hub",
+    "hub_model_id", "hub_token", "hub_private_repo", "dataloader_num_workers", "cache_dir", "mixed_precision",
+    # The saved sampler and its grids (not the training): train_ncsn's and train_score_sde's, train_classifier's.
+    "steps_per_level", "step_size", "consistent", "final_denoising", "sampler", "num_inference_steps",
+    "save_pipeline", "num_eval_levels",
+})
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -164,12 +196,67 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ValueError(f"--{name} must be >= 1; got {value}.")
+    for name in _NON_NEGATIVE_ARGUMENTS:
+        if getattr(args, name) < 0:
+            raise ValueError(f"--{name} must be >= 0; got {getattr(args, name)}.")
+    for name, (low, high, low_open, high_open) in _REAL_ARGUMENTS.items():
+        check_number(f"--{name}", getattr(args, name), low, high, low_open, high_open)
+    if not 0 <= args.seed <= _MAX_SEED:
+        raise ValueError(f"--seed must lie in [0, {_MAX_SEED}]; got {args.seed}.")
+    check_output_dir(args.output_dir)
     if args.resolution is not None and getattr(args, "block_out_channels", None):
         check_resolution(args.resolution, args.block_out_channels)
     if args.resume_from_checkpoint not in (None, "latest"):
         if not Path(args.resume_from_checkpoint).is_dir():
             raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a checkpoint folder.")
-        checkpoint_step(args.resume_from_checkpoint)
+    found = find_resume_checkpoint(args)
+    if found is not None:
+        check_resume_config(args, found.path)
+        if args.max_train_steps is not None and found.step > args.max_train_steps:
+            raise ValueError(
+                f"{found.path} is at step {found.step}, past --max_train_steps {args.max_train_steps}; raise it to "
+                "train on, or resume from an earlier checkpoint."
+            )
+
+
+def check_output_dir(output_dir: str) -> None:
+    """Raise a `ValueError` unless `output_dir` is a folder this process can write in, or can be created: found
+    before training, not at the first checkpoint."""
+    path = Path(output_dir)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--output_dir {output_dir!r} exists and is not a folder.")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ValueError(f"--output_dir {output_dir!r} cannot be created: {str(existing)!r} is not a folder.")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ValueError(
+            f"--output_dir {output_dir!r} is not writable: {error.strerror} in {str(existing)!r}."
+        ) from None
+
+
+def check_resume_config(args: argparse.Namespace, checkpoint: Path) -> None:
+    """Raise a `ValueError` if `checkpoint` was written by a run whose arguments differ from these in any but
+    `RESUMABLE_ARGUMENTS` (a checkpoint without a manifest is not checked)."""
+    saved = (read_manifest(checkpoint) or {}).get("config")
+    if not isinstance(saved, dict):
+        return
+    current = config_for_logging(args)
+    # Compared as JSON, as they were saved (NaN equals NaN, a tuple its list).
+    changed = [
+        name for name in sorted(set(saved) & set(current))
+        if name not in RESUMABLE_ARGUMENTS and json.dumps(saved[name]) != json.dumps(current[name])
+    ]
+    if changed:
+        differences = "; ".join(f"--{name} {saved[name]} then, {current[name]} now" for name in changed)
+        raise ValueError(
+            f"--resume_from_checkpoint {str(checkpoint)!r} was written with other settings ({differences}). Resume "
+            "with the same settings, or train into a new --output_dir."
+        )
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:

@@ -1,13 +1,19 @@
-"""Resumable checkpoints: `checkpoint-<step>` folders of `accelerator.save_state` (plus the EMA weights), written
-atomically, pruned to `--checkpoints_total_limit`, and found again by `--resume_from_checkpoint`."""
+"""Resumable checkpoints: `checkpoint-<step>` folders of `accelerator.save_state` (plus the EMA weights and a
+manifest), written atomically, pruned to `--checkpoints_total_limit`, checked complete and found again by
+`--resume_from_checkpoint`; and the run's outputs, each written beside its place and moved onto it once complete."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import os
 import re
 import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -20,6 +26,13 @@ logger = get_logger(__name__, log_level="INFO")
 CHECKPOINT_PREFIX = "checkpoint-"
 _CHECKPOINT_PATTERN = re.compile(rf"^{CHECKPOINT_PREFIX}(\d+)$")
 EMA_SUBFOLDER = "ema"
+# Written last into a checkpoint: the size of every file in it and the run's arguments, so that a resume can tell a
+# complete checkpoint from a truncated copy, and its own arguments from the run's.
+MANIFEST_NAME = "checkpoint.json"
+# What `accelerator.save_state` always writes, for checkpoints from before the manifest.
+_STATE_FILES = ("optimizer.bin", "scheduler.bin")
+# The final pipeline's index, moved into place after every component it names.
+_INDEX_NAME = "model_index.json"
 
 
 def checkpoint_step(path: str | Path) -> int:
@@ -42,22 +55,115 @@ def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
-def resolve_resume_checkpoint(args: argparse.Namespace) -> tuple[int, Path] | None:
-    """The checkpoint `--resume_from_checkpoint` names (the newest one for "latest"), or None to start fresh."""
+def read_manifest(path: Path) -> dict[str, Any] | None:
+    """The manifest of checkpoint `path` (`{"step", "files": {name: bytes}, "config"}`), None if it has none."""
+    manifest = path / MANIFEST_NAME
+    if not manifest.is_file():
+        return None
+    try:
+        saved = json.loads(manifest.read_text())
+    except (OSError, ValueError):
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why checkpoint `path` cannot be resumed from (a file missing or of another size than was written), or None."""
+    if not path.is_dir():
+        return "it is not a folder"
+    manifest = read_manifest(path)
+    if manifest is None:
+        # Written before manifests: the files every `accelerator.save_state` writes.
+        if not any(path.glob("model*.safetensors")) and not any(path.glob("pytorch_model*.bin")):
+            return "it holds no model weights"
+        missing = [name for name in _STATE_FILES if not (path / name).is_file()]
+        return f"{missing[0]} is missing" if missing else None
+    files = manifest.get("files")
+    if not isinstance(files, dict):
+        return f"its {MANIFEST_NAME} is unreadable"
+    for name, size in files.items():
+        file = path / name
+        if not file.is_file():
+            return f"{name} is missing"
+        if file.stat().st_size != size:
+            return f"{name} has {file.stat().st_size} bytes where {size} were written"
+    return None
+
+
+@dataclass
+class ResumePoint:
+    """The checkpoint a run resumes from, and the newer ones passed over as incomplete (path, why)."""
+
+    step: int
+    path: Path
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def find_resume_checkpoint(args: argparse.Namespace) -> ResumePoint | None:
+    """The checkpoint `--resume_from_checkpoint` names: for "latest" the newest complete one in `--output_dir` (None
+    if there is none at all); a `ValueError` for a named checkpoint that is incomplete, or when every one is."""
     if args.resume_from_checkpoint is None:
         return None
     if args.resume_from_checkpoint == "latest":
-        checkpoints = list_checkpoints(args.output_dir)
-        if not checkpoints:
-            logger.info(f"No checkpoint in {args.output_dir}; starting a new run.")
-            return None
-        return checkpoints[-1]
+        skipped = []
+        for step, path in reversed(list_checkpoints(args.output_dir)):
+            problem = checkpoint_problem(path)
+            if problem is None:
+                return ResumePoint(step, path, skipped)
+            skipped.append((path, problem))
+        if skipped:
+            reasons = "; ".join(f"{path.name}: {problem}" for path, problem in skipped)
+            raise ValueError(
+                f"--resume_from_checkpoint latest: no complete checkpoint in {args.output_dir} ({reasons}). Remove "
+                "them to start a new run."
+            )
+        return None
     path = Path(args.resume_from_checkpoint)
-    return checkpoint_step(path), path
+    step = checkpoint_step(path)
+    problem = checkpoint_problem(path)
+    if problem is not None:
+        raise ValueError(
+            f"--resume_from_checkpoint {str(path)!r} is incomplete or corrupt: {problem}. Name an earlier checkpoint, "
+            "or \"latest\" for the newest complete one."
+        )
+    return ResumePoint(step, path)
 
 
-def save_checkpoint(accelerator: Accelerator, ema: EMAModel | None, output_dir: Path, step: int, limit: int | None):
-    """`accelerator.save_state` into a temporary folder, renamed to `checkpoint-<step>` once complete.
+def resolve_resume_checkpoint(args: argparse.Namespace) -> tuple[int, Path] | None:
+    """The checkpoint `--resume_from_checkpoint` names (the newest complete one for "latest"), or None to start
+    fresh; the incomplete ones passed over are logged."""
+    found = find_resume_checkpoint(args)
+    if found is None:
+        if args.resume_from_checkpoint == "latest":
+            logger.info(f"No checkpoint in {args.output_dir}; starting a new run.")
+        return None
+    for path, problem in found.skipped:
+        logger.warning(f"Skipping incomplete checkpoint {path}: {problem}.")
+    return found.step, found.path
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def _write_manifest(folder: Path, step: int, config: dict[str, Any] | None) -> None:
+    files = {str(file.relative_to(folder)): file.stat().st_size for file in sorted(folder.rglob("*")) if file.is_file()}
+    (folder / MANIFEST_NAME).write_text(json.dumps({"step": step, "files": files, "config": config}, indent=1))
+
+
+def save_checkpoint(
+    accelerator: Accelerator,
+    ema: EMAModel | None,
+    output_dir: Path,
+    step: int,
+    limit: int | None,
+    config: dict[str, Any] | None = None,
+):
+    """`accelerator.save_state` into a temporary folder, with a manifest of its files and the run's `config`,
+    renamed to `checkpoint-<step>` once complete.
 
     A save that is interrupted leaves only the temporary folder, which resumption ignores, so the last good
     checkpoint is never replaced by a partial one. Old checkpoints beyond `limit` (>= 1, or None to keep all) are
@@ -76,10 +182,12 @@ def save_checkpoint(accelerator: Accelerator, ema: EMAModel | None, output_dir: 
         ema.save_pretrained(str(partial / EMA_SUBFOLDER))
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        if final.exists():
+        _write_manifest(partial, step, config)
+        if final.exists() or final.is_symlink():
             stale = output_dir / f".{final.name}.stale"
+            _remove(stale)
             os.replace(final, stale)
-            shutil.rmtree(stale)
+            _remove(stale)
         os.replace(partial, final)
         if limit is not None:
             for _, old in list_checkpoints(output_dir)[:-limit]:
@@ -93,3 +201,44 @@ def load_ema(path: Path, ema: EMAModel, model_cls: type, device) -> None:
     saved = EMAModel.from_pretrained(str(path / EMA_SUBFOLDER), model_cls)
     ema.load_state_dict(saved.state_dict())
     ema.to(device)
+
+
+# ---- outputs ------------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def written_atomically(path: Path) -> Iterator[Path]:
+    """A hidden path beside `path` to write a file to, moved onto `path` when the block ends (removed if it fails):
+    `path` holds the old file or the complete new one, never a part."""
+    temporary = path.with_name(f".{path.name}.partial")
+    _remove(temporary)
+    try:
+        yield temporary
+        os.replace(temporary, path)
+    finally:
+        _remove(temporary)
+
+
+def save_outputs(output_dir: Path, save: Callable[[Path], None]) -> None:
+    """`save(folder)` into a hidden staging folder in `output_dir`, then each entry moved into `output_dir`.
+
+    A file replaces the old one in one rename; a folder (a pipeline component) is renamed aside, the new one renamed
+    in, the old one removed, so a kill leaves the old or the new component, never a half-written one (at worst the
+    old one aside, as `.<name>.stale`). `model_index.json` comes last, once every component it names is in place.
+    """
+    staging = output_dir / ".outputs.partial"
+    _remove(staging)
+    save(staging)
+    for entry in sorted(staging.iterdir(), key=lambda entry: (entry.name == _INDEX_NAME, entry.name)):
+        target = output_dir / entry.name
+        if entry.is_dir() and (target.exists() or target.is_symlink()):
+            stale = output_dir / f".{entry.name}.stale"
+            _remove(stale)
+            os.replace(target, stale)
+            os.replace(entry, target)
+            _remove(stale)
+        else:
+            if target.is_dir() and not target.is_symlink():
+                shutil.rmtree(target)
+            os.replace(entry, target)
+    staging.rmdir()

@@ -9,11 +9,12 @@ raise `ValueError` before training starts.
 from __future__ import annotations
 
 import argparse
+import io
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from .unet import check_resolution
 
@@ -21,6 +22,17 @@ from .unet import check_resolution
 DIGITS_DEFAULT_RESOLUTION = 8
 # σ_max from the largest pairwise distance looks at this many images at most (O(n²) distances).
 MAX_IMAGES_FOR_PAIRWISE_DISTANCE = 4096
+# PIL modes read as 8-bit levels (as the pipelines read them); 16-bit and float images ("I;16", "I", "F") would be
+# clipped to 255 by the conversion to "L", so they are refused rather than read wrong.
+EIGHT_BIT_MODES = ("1", "L", "LA", "P", "PA", "RGB", "RGBA", "CMYK", "YCbCr")
+# Modes read as one channel.
+_GRAYSCALE_MODES = ("1", "L")
+# Images read at a time by `check_images` (their encoded bytes, not all of a large data set at once).
+_CHECK_BATCH = 256
+# Bad images named in the error, at most.
+_MAX_NAMED = 5
+# Errors PIL raises for a file that is not an image, is truncated or is corrupt.
+_IMAGE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError)
 
 
 class ImageBatchDataset(torch.utils.data.Dataset):
@@ -76,7 +88,7 @@ class HFImageDataset(ImageBatchDataset):
         self.image_column = args.image_column
         self.label_column = args.label_column if args.label_column in dataset.column_names else None
         first = dataset[0][self.image_column]
-        self.num_channels = 1 if first.mode in ("L", "1", "I", "I;16", "F") else 3
+        self.num_channels = 1 if first.mode in _GRAYSCALE_MODES else 3
         self.mode = "L" if self.num_channels == 1 else "RGB"
         self.resolution = args.resolution or min(first.size)
         if self.label_column is None:
@@ -100,8 +112,15 @@ class HFImageDataset(ImageBatchDataset):
         return torch.from_numpy(array[None] if array.ndim == 2 else array.transpose(2, 0, 1).copy())
 
     def __getitems__(self, indices: list[int]) -> dict[str, torch.Tensor]:
-        rows = self.dataset[list(indices)]
-        batch = {"images": torch.stack([self._to_tensor(image) for image in rows[self.image_column]])}
+        try:
+            rows = self.dataset[list(indices)]
+            images = [self._to_tensor(image) for image in rows[self.image_column]]
+        except _IMAGE_ERRORS as error:
+            # `check_images` opened every image before training; this one failed only once decoded in full.
+            raise ValueError(
+                f"{self.description}: an image of examples {list(indices)} cannot be read ({error})."
+            ) from error
+        batch = {"images": torch.stack(images)}
         if self.label_column is not None:
             batch["labels"] = torch.as_tensor(rows[self.label_column], dtype=torch.long)
         return batch
@@ -141,7 +160,42 @@ def load_image_data(args: argparse.Namespace, split: str = "train") -> ImageBatc
         )
     if args.max_train_samples is not None:
         dataset = dataset.select(range(min(args.max_train_samples, len(dataset))))
+    if len(dataset) == 0:
+        raise ValueError(f"{source} has no examples in its {chosen_split!r} split.")
+    check_images(dataset, args.image_column, source)
     return HFImageDataset(dataset, args, f"{source} ({chosen_split} split)")
+
+
+def check_images(dataset, column: str, source: str) -> None:
+    """Raise a `ValueError` naming the first bad images of `dataset[column]`: files that are not images, truncated
+    or corrupt ones (PIL's `verify`), and images that are not 8-bit (`EIGHT_BIT_MODES`). Every image is opened
+    once, without decoding its pixels, before any training."""
+    import datasets
+
+    undecoded = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
+    unreadable, not_eight_bit = [], []
+    items = (item for batch in undecoded.iter(batch_size=_CHECK_BATCH) for item in batch[column])
+    for index, item in enumerate(items):
+        name = item.get("path") or f"example {index}"
+        try:
+            with Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as image:
+                mode = image.mode
+                image.verify()
+        except _IMAGE_ERRORS as error:
+            unreadable.append(f"{name} ({type(error).__name__}: {error})")
+            continue
+        if mode not in EIGHT_BIT_MODES:
+            not_eight_bit.append(f"{name} (mode {mode!r})")
+    problems = []
+    if unreadable:
+        problems.append(f"{len(unreadable)} cannot be read as images: {'; '.join(unreadable[:_MAX_NAMED])}")
+    if not_eight_bit:
+        problems.append(
+            f"{len(not_eight_bit)} are not 8-bit images (modes {', '.join(EIGHT_BIT_MODES)}): "
+            f"{'; '.join(not_eight_bit[:_MAX_NAMED])}; convert them to 8 bits"
+        )
+    if problems:
+        raise ValueError(f"{source}: of {len(dataset)} images, " + ", and ".join(problems) + ".")
 
 
 def prepare_training_data(args: argparse.Namespace, block_out_channels: Sequence[int] | None) -> ImageBatchDataset:

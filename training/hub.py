@@ -20,7 +20,7 @@ from score_diffusers.export import custom_pipeline_name, export_code
 from score_diffusers.pipelines import ScoreGuidedPipeline
 
 from .arguments import config_for_logging
-from .checkpoints import CHECKPOINT_PREFIX
+from .checkpoints import CHECKPOINT_PREFIX, written_atomically
 from .data import ImageBatchDataset
 from .loop import TrainingResult
 from .samples import SAMPLE_GRID_NAME
@@ -61,7 +61,8 @@ def write_model_card(
         **template_kwargs,
     )
     path = output_dir / "README.md"
-    card.save(path)
+    with written_atomically(path) as partial:
+        card.save(partial)
     return path
 
 

@@ -176,10 +176,23 @@ def train(
     resume = resolve_resume_checkpoint(args)
     if resume is not None:
         global_step, path = resume
+        if global_step > max_train_steps:
+            raise ValueError(
+                f"{path} is at step {global_step}, past the {max_train_steps} steps this run is to train; raise "
+                "--max_train_steps (or --num_epochs) to train on, or resume from an earlier checkpoint."
+            )
         logger.info(f"Resuming from {path} (step {global_step})")
-        accelerator.load_state(str(path))
-        if ema is not None:
-            load_ema(path, ema, type(accelerator.unwrap_model(model)), accelerator.device)
+        try:
+            accelerator.load_state(str(path))
+            if ema is not None:
+                load_ema(path, ema, type(accelerator.unwrap_model(model)), accelerator.device)
+        except Exception as error:  # safetensors, torch.load and state-dict errors share no base class
+            # Complete by its manifest, yet unreadable: a file corrupted in place, or weights of another model.
+            first_line = next(iter(str(error).splitlines()), "")
+            raise ValueError(
+                f"{path} could not be loaded ({type(error).__name__}: {first_line}); resume from an earlier "
+                "checkpoint, or train into a new --output_dir."
+            ) from error
 
     logger.info(
         f"Training on {data.description}: {len(data)} examples, {accelerator.num_processes} process(es), "
@@ -234,7 +247,9 @@ def train(
 
         if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
             check_weights_finite(accelerator, accelerator.unwrap_model(model), ema, output_dir, global_step)
-            save_checkpoint(accelerator, ema, output_dir, global_step, args.checkpoints_total_limit)
+            save_checkpoint(
+                accelerator, ema, output_dir, global_step, args.checkpoints_total_limit, config_for_logging(args)
+            )
         if grid_fn is not None and global_step % grid_every == 0 and global_step < max_train_steps:
             with ema_weights(accelerator.unwrap_model(model), ema):
                 save_sample_grid(

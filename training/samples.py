@@ -15,6 +15,8 @@ from PIL import Image
 
 from score_diffusers.image_grid import image_grid
 
+from .checkpoints import written_atomically
+
 logger = get_logger(__name__, log_level="INFO")
 
 # The final grid, beside the saved model; the model card shows it.
@@ -35,7 +37,8 @@ def save_sample_grid(
             images = grid_fn(model, args.num_grid_images)
         grid = image_grid(images)
         path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
+        with written_atomically(path) as partial:
+            grid.save(partial, format="PNG")
         logger.info(f"Saved sample grid {path}")
         tracker = _tensorboard_writer(accelerator)
         if tracker is not None:

@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from score_diffusers import ModelConvention, NoiseConditionalClassifier, ScoreGuidedPipeline
 from training import arguments
+from training.checkpoints import save_outputs
 from training.data import ImageBatchDataset, load_image_data, prepare_training_data
 from training.hub import finish, write_model_card
 from training.loop import LossFunction, TrainingResult, make_accelerator, train, uniform_times
@@ -183,13 +184,16 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
     )
 
     if accelerator.is_main_process:
-        if args.save_pipeline:
-            ScoreGuidedPipeline(unet=pipeline.unet, scheduler=scheduler, classifier=result.model).save_pretrained(
-                output_dir
-            )
-        else:
-            result.model.save_pretrained(output_dir)
-        (output_dir / ACCURACY_FILE).write_text(json.dumps(rows, indent=2))
+        saved = (
+            ScoreGuidedPipeline(unet=pipeline.unet, scheduler=scheduler, classifier=result.model)
+            if args.save_pipeline else result.model
+        )
+
+        def save(folder: Path) -> None:
+            saved.save_pretrained(folder)
+            (folder / ACCURACY_FILE).write_text(json.dumps(rows, indent=2))
+
+        save_outputs(output_dir, save)
     if args.save_pipeline:
         guided = guided_grid_fn(pipeline, result.model, scheduler, data.num_classes, args)
         save_sample_grid(accelerator, guided, result.model, args, output_dir / SAMPLE_GRID_NAME)

@@ -28,7 +28,9 @@ from accelerate.logging import get_logger
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from score_diffusers import AnnealedLangevinScheduler, ModelConvention, ScoreGuidedPipeline
+from score_diffusers.checks import check_number
 from training import arguments
+from training.checkpoints import save_outputs
 from training.data import ImageBatchDataset, max_pairwise_distance, prepare_training_data
 from training.hub import finish, write_pipeline_card
 from training.loop import LossFunction, TrainingResult, make_accelerator, train
@@ -90,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Parse and check the arguments; a bad value raises `ValueError`."""
     args = arguments.parse_args(parser, argv)
+    check_number("--sigma_min", args.sigma_min, 0.0, math.inf, low_open=True, high_open=True)
+    check_number("--sigma_max", args.sigma_max, 0.0, math.inf, low_open=True, high_open=True, allow_none=True,
+                 none_means="for the data's largest pairwise distance")
     sigma_max = math.inf if args.sigma_max is None else args.sigma_max
     if not 0 < args.sigma_min < sigma_max:
         raise ValueError(f"need 0 < --sigma_min < --sigma_max; got {args.sigma_min} and {args.sigma_max}.")
@@ -176,8 +181,8 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
     with arguments.usage_errors(parser):
         args = parse_args(parser, argv)
         data = prepare_training_data(args, args.block_out_channels)
-        accelerator = make_accelerator(args, "train_ncsn", data)
         scheduler = build_scheduler(args, data)
+        accelerator = make_accelerator(args, "train_ncsn", data)
     levels = scheduler.config.num_train_timesteps
     sampler = "consistent annealed sampling" if scheduler.config.consistent else "annealed Langevin dynamics"
     logger.info(
@@ -191,7 +196,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
 
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
-        ScoreGuidedPipeline(unet=result.model, scheduler=scheduler).save_pretrained(output_dir)
+        save_outputs(output_dir, ScoreGuidedPipeline(unet=result.model, scheduler=scheduler).save_pretrained)
     save_sample_grid(accelerator, grid_fn, result.model, args, output_dir / SAMPLE_GRID_NAME)
 
     def write_card() -> Path:

@@ -30,11 +30,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from score_diffusers import ModelConvention, ScoreGuidedPipeline
+from score_diffusers.checks import check_number
 from score_diffusers.conventions import SDE_TYPES
 from score_diffusers.schedulers import DEFAULT_SCHEDULERS, SCHEDULERS
 from score_diffusers.schedulers import build_scheduler as build_scheduler_named
 from score_diffusers.sde import SDE
 from training import arguments
+from training.checkpoints import save_outputs
 from training.data import ImageBatchDataset, max_pairwise_distance, prepare_training_data
 from training.hub import finish, write_pipeline_card
 from training.loop import LossFunction, TrainingResult, make_accelerator, train, uniform_times
@@ -109,8 +111,17 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
         raise ValueError(f"--training_eps must lie in (0, 1); got {args.training_eps}.")
     if args.sigma_max is not None and not 0 < args.sigma_min < args.sigma_max:
         raise ValueError(f"need 0 < --sigma_min < --sigma_max; got {args.sigma_min} and {args.sigma_max}.")
+    for name in ("sigma_min", "beta_min", "beta_max"):
+        check_number(f"--{name}", getattr(args, name), 0.0, math.inf, low_open=name == "sigma_min", high_open=True)
+    check_number("--sigma_max", args.sigma_max, 0.0, math.inf, low_open=True, high_open=True, allow_none=True,
+                 none_means="for the data's largest pairwise distance")
     if not 0 <= args.beta_min <= args.beta_max:
         raise ValueError(f"need 0 <= --beta_min <= --beta_max; got {args.beta_min} and {args.beta_max}.")
+    if args.prediction_type == "epsilon" and args.num_train_timesteps < 2:
+        # The ε model's timestep is t·(N − 1): with N = 1 it is 0 at every t.
+        raise ValueError(
+            f"--num_train_timesteps must be >= 2 for --prediction_type epsilon; got {args.num_train_timesteps}."
+        )
     if args.num_inference_steps is not None and args.num_inference_steps < 1:
         raise ValueError(f"--num_inference_steps must be >= 1; got {args.num_inference_steps}.")
     args.sampler = args.sampler or DEFAULT_SCHEDULERS[args.sde]
@@ -221,7 +232,7 @@ def main(argv: Sequence[str] | None = None) -> TrainingResult:
 
     output_dir = Path(args.output_dir)
     if accelerator.is_main_process:
-        ScoreGuidedPipeline(unet=result.model, scheduler=scheduler).save_pretrained(output_dir)
+        save_outputs(output_dir, ScoreGuidedPipeline(unet=result.model, scheduler=scheduler).save_pretrained)
     save_sample_grid(accelerator, grid_fn, result.model, args, output_dir / SAMPLE_GRID_NAME)
 
     weighting = "λ = σ_t²" if args.weighting == "score" else "λ = g(t)² (likelihood weighting)"
