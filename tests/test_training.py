@@ -397,6 +397,11 @@ def test_push_to_hub_uploads_the_folder_with_its_card(tmp_path, monkeypatch):
          "--num_train_timesteps must be >= 2 for --prediction_type epsilon"),
         # Before: refused only after the output folder was made.
         ("train_ncsn", ["--step_size", "nan"], "`step_size` must be a number > 0 (finite)"),
+        # Before: FileNotFoundError from TensorBoard's writer after the output folder was made.
+        ("train_ncsn", ["--logging_dir", "/proc/1/logs"], "--logging_dir '/proc/1/logs' is not writable"),
+        # Before: Diffusers' "neither a valid local path nor a valid repo id", after a Hub lookup.
+        ("train_classifier", ["--pretrained_model_name_or_path", "/no/such/pipeline"],
+         "--pretrained_model_name_or_path '/no/such/pipeline' does not exist"),
     ],
 )
 def test_bad_arguments_fail_before_training(script, args, message, tmp_path, capsys):
@@ -474,6 +479,18 @@ def test_corrupt_or_non_8_bit_images_fail_before_training_naming_them(bad, messa
     assert raised.value.code == 2
     assert f"error: image folder {root}: " + message.format(root=root) in capsys.readouterr().err
     assert not output_dir.exists()
+
+
+def test_a_dataset_that_cannot_be_loaded_fails_before_training(tmp_path, capsys):
+    """Before: `EmptyDatasetError` (an empty folder), `ConnectionError` (a repository offline) as tracebacks."""
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SystemExit) as raised:
+        load_script("train_ncsn").main(
+            ["--output_dir", str(tmp_path / "out"), "--dataset_name", str(tmp_path / "empty")]
+        )
+    assert raised.value.code == 2
+    assert f"--dataset_name '{tmp_path / 'empty'}' cannot be loaded (EmptyDatasetError" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
 
 
 def _damaged_copy(ncsn_run, tmp_path: Path, damage: str) -> Path:

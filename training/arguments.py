@@ -204,6 +204,9 @@ def check_args(args: argparse.Namespace) -> None:
     if not 0 <= args.seed <= _MAX_SEED:
         raise ValueError(f"--seed must lie in [0, {_MAX_SEED}]; got {args.seed}.")
     check_output_dir(args.output_dir)
+    if args.logger != "none":
+        # An absolute --logging_dir stands on its own; a relative one is inside the output folder.
+        check_writable_folder("--logging_dir", str(Path(args.output_dir) / args.logging_dir))
     if args.resolution is not None and getattr(args, "block_out_channels", None):
         check_resolution(args.resolution, args.block_out_channels)
     if args.resume_from_checkpoint not in (None, "latest"):
@@ -222,21 +225,25 @@ def check_args(args: argparse.Namespace) -> None:
 def check_output_dir(output_dir: str) -> None:
     """Raise a `ValueError` unless `output_dir` is a folder this process can write in, or can be created: found
     before training, not at the first checkpoint."""
-    path = Path(output_dir)
+    check_writable_folder("--output_dir", output_dir)
+
+
+def check_writable_folder(flag: str, folder: str) -> None:
+    """Raise a `ValueError` naming `flag` unless `folder` is a folder this process can write in, or can create (its
+    nearest existing ancestor is a folder it can write in); nothing is left behind."""
+    path = Path(folder)
     if path.exists() and not path.is_dir():
-        raise ValueError(f"--output_dir {output_dir!r} exists and is not a folder.")
+        raise ValueError(f"{flag} {folder!r} exists and is not a folder.")
     existing = path
     while not existing.exists():
         existing = existing.parent
     if not existing.is_dir():
-        raise ValueError(f"--output_dir {output_dir!r} cannot be created: {str(existing)!r} is not a folder.")
+        raise ValueError(f"{flag} {folder!r} cannot be created: {str(existing)!r} is not a folder.")
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
     except OSError as error:
-        raise ValueError(
-            f"--output_dir {output_dir!r} is not writable: {error.strerror} in {str(existing)!r}."
-        ) from None
+        raise ValueError(f"{flag} {folder!r} is not writable: {error.strerror} in {str(existing)!r}.") from None
 
 
 def check_resume_config(args: argparse.Namespace, checkpoint: Path) -> None:

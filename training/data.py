@@ -143,7 +143,11 @@ def load_image_data(args: argparse.Namespace, split: str = "train") -> ImageBatc
 
     if args.dataset_name is not None:
         source = args.dataset_name
-        loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir)
+        try:
+            loaded = datasets.load_dataset(args.dataset_name, args.dataset_config_name, cache_dir=args.cache_dir)
+        except (OSError, ConnectionError, ValueError) as error:  # not found, offline and not cached, empty, no builder
+            raise ValueError(f"--dataset_name {args.dataset_name!r} cannot be loaded ({type(error).__name__}: {error})."
+                             ) from None
     else:
         source = f"image folder {args.train_data_dir}"
         try:

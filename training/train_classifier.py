@@ -86,11 +86,20 @@ def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None = Non
     local = Path(args.pretrained_model_name_or_path)
     if local.exists() and not (local / "model_index.json").is_file():
         raise ValueError(f"--pretrained_model_name_or_path {str(local)!r} is not a saved pipeline folder.")
+    if not local.exists() and (local.is_absolute() or args.pretrained_model_name_or_path.startswith(".")):
+        raise ValueError(f"--pretrained_model_name_or_path {str(local)!r} does not exist.")
     return args
 
 
 def load_pipeline(args: argparse.Namespace) -> ScoreGuidedPipeline:
-    pipeline = ScoreGuidedPipeline.from_pretrained(args.pretrained_model_name_or_path)
+    """The saved pipeline; a `ValueError` if it cannot be loaded (a Hub repository that is missing or not cached
+    offline)."""
+    try:
+        pipeline = ScoreGuidedPipeline.from_pretrained(args.pretrained_model_name_or_path)
+    except OSError as error:
+        raise ValueError(
+            f"--pretrained_model_name_or_path {args.pretrained_model_name_or_path!r} cannot be loaded: {error}"
+        ) from None
     pipeline.set_progress_bar_config(disable=True)
     return pipeline
 
