@@ -591,3 +591,24 @@ def test_latents_are_the_initial_noise_before_init_noise_sigma(ddpm_folder):
     for bad, message in ((latents[:1], r"shape \(2, 1, 8, 8\)"), (latents.fill_(float("nan")), "finite")):
         with pytest.raises(ValueError, match=message):
             pipe(batch_size=2, num_inference_steps=2, latents=bad)
+
+
+def test_custom_timesteps_and_sigmas_take_the_place_of_num_inference_steps(ddpm_folder):
+    """`timesteps` or `sigmas` set the grid as Diffusers' `retrieve_timesteps` does: the default grid's own points give
+    the default run's images; a scheduler that takes no custom grid refuses them naming the argument."""
+    pipe = load(ddpm_folder, scheduler=ProbabilityFlowScheduler(sde_type="vp", timestep_type="discrete",
+                                                                 prediction_type="epsilon", solver="euler"))
+    def seeded() -> dict:
+        return {"generator": torch.Generator().manual_seed(0), "output_type": "latent"}
+
+    expected = pipe(num_inference_steps=3, **seeded()).images
+    times = pipe.scheduler.grid.times
+    for kwargs in ({"timesteps": pipe.scheduler.timesteps.tolist()},
+                   {"sigmas": pipe.scheduler.sde.noise_to_signal(times).tolist()}):
+        torch.testing.assert_close(pipe(**seeded(), **kwargs).images, expected, rtol=1e-5, atol=1e-5)
+        assert len(pipe.scheduler.timesteps) == 3
+    with pytest.raises(ValueError, match="sigmas"):
+        pipe(timesteps=[500.0, 100.0], sigmas=[1.0, 0.5])
+    pipe.scheduler = AnnealedLangevinScheduler()
+    with pytest.raises(ValueError, match="`timesteps` needs a scheduler"):
+        pipe(timesteps=[10.0, 1.0])

@@ -7,6 +7,7 @@ https://arxiv.org/abs/2105.05233).
 
 from __future__ import annotations
 
+import inspect
 import logging
 import math
 import os
@@ -292,6 +293,8 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         | MultiPipelineCallbacks
         | None = None,
         callback_on_step_end_tensor_inputs: list[str] | None = None,
+        timesteps: list[float] | None = None,
+        sigmas: list[float] | None = None,
     ) -> ImagePipelineOutput | tuple:
         r"""Generate images.
 
@@ -320,6 +323,9 @@ class ScoreGuidedPipeline(DiffusionPipeline):
                 change `pipe._guidance_scale` for the steps after it, as in Diffusers' pipelines.
             callback_on_step_end_tensor_inputs (`list[str]`, *optional*): among `"latents"` and `"sample"` (the
                 current sample; `["sample"]` by default) and `"pred_original_sample"`.
+            timesteps (`list[float]`, *optional*), sigmas (`list[float]`, *optional*): a custom grid of time points
+                instead of `num_inference_steps`, as model timesteps or as noise levels σ_t/α_t, for schedulers whose
+                `set_timesteps` takes them (as Diffusers' `retrieve_timesteps` passes them).
 
         Returns:
             [`~pipelines.ImagePipelineOutput`] with `images`, or the tuple `(images,)`.
@@ -329,7 +335,7 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         device = self._execution_device
         labels = self._prepare_class_labels(class_labels, guidance_scale, batch_size, device)
         sample = self._initial_noise(batch_size, generator, device, latents)
-        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        self._set_timesteps(num_inference_steps, device, timesteps, sigmas)
         classifier = None if self.classifier is None else as_guidance_classifier(self.classifier)
         self._guidance_scale = guidance_scale
 
@@ -343,6 +349,22 @@ class ScoreGuidedPipeline(DiffusionPipeline):
         if not return_dict:
             return (image,)
         return ImagePipelineOutput(images=image)
+
+    def _set_timesteps(self, num_inference_steps: int, device, timesteps=None, sigmas=None) -> None:
+        """`scheduler.set_timesteps` with `num_inference_steps`, or with the custom `timesteps` or `sigmas` where
+        given (they take its place, as in Diffusers' `retrieve_timesteps`); a scheduler that takes no custom grid
+        raises a `ValueError` naming the argument."""
+        if timesteps is None and sigmas is None:
+            self.scheduler.set_timesteps(num_inference_steps, device=device)
+            return
+        accepted = inspect.signature(self.scheduler.set_timesteps).parameters
+        for name, value in (("timesteps", timesteps), ("sigmas", sigmas)):
+            if value is not None and name not in accepted:
+                raise ValueError(
+                    f"`{name}` needs a scheduler that takes a custom grid; {type(self.scheduler).__name__} sets its "
+                    "own from `num_inference_steps`."
+                )
+        self.scheduler.set_timesteps(device=device, timesteps=timesteps, sigmas=sigmas)
 
     def _check_call_arguments(
         self, batch_size: int, output_type: str, generator, callback_on_step_end, tensor_inputs: list[str] | None
