@@ -517,6 +517,24 @@ class TestPipelineCommon:
         assert np.abs(images(half) - expected).max() < 5e-2
 
 
+def test_serialization_and_loading_with_variants(tmp_path):
+    """`test_serialization_with_variants`, `test_loading_with_variants`,
+    `test_loading_with_incorrect_variants_raises_error`: a pipeline saved with `variant="fp16"` writes each module's
+    weights under the variant's name, loads back with it to the same images, and refuses a variant it lacks."""
+    pipe = dummy_pipeline("pf", classifier=True)
+    expected = images(pipe, class_labels=1, guidance_scale=1.0)
+    pipe.save_pretrained(tmp_path, variant="fp16")
+    for component in ("unet", "classifier"):
+        assert [f.name for f in (tmp_path / component).glob("*.safetensors")] == [
+            "diffusion_pytorch_model.fp16.safetensors"
+        ]
+    loaded = ScoreGuidedPipeline.from_pretrained(tmp_path, variant="fp16")
+    loaded.set_progress_bar_config(disable=True)
+    assert np.abs(images(loaded, class_labels=1, guidance_scale=1.0) - expected).max() < 1e-4
+    with pytest.raises(ValueError, match="variant"):
+        ScoreGuidedPipeline.from_pretrained(tmp_path, variant="no_such_variant")
+
+
 @pytest.mark.parametrize("enum", list(KarrasDiffusionSchedulers), ids=lambda e: e.name)
 def test_karras_schedulers_shape(enum):
     """`PipelineKarrasSchedulerTesterMixin.test_karras_schedulers_shape`, adapted: the pipeline built with each Karras
