@@ -36,8 +36,8 @@ Pipeline (`PipelineTesterMixin`, `PipelineLatentTesterMixin`, `PipelineKarrasSch
 - `test_karras_schedulers_shape` assigns each Karras scheduler to `pipe.scheduler`; this pipeline steps through its
   scheduler's public grid, so a Diffusers scheduler is converted when the pipeline is built: the check builds the
   pipeline with each one instead.
-- `test_save_load_dduf`, layerwise casting and group offloading: model-level memory and storage features of
-  `ModelMixin`, not of this pipeline.
+- `test_save_load_dduf`: Diffusers 0.42 no longer loads DDUF files (`from_pretrained(..., dduf_file=)` raises).
+- Layerwise casting and group offloading: memory features of `ModelMixin` (the unet's), not of this pipeline.
 """
 
 from __future__ import annotations
