@@ -552,6 +552,13 @@ def test_resume_from_a_damaged_checkpoint_or_with_other_settings_is_refused(ncsn
         with pytest.raises(SystemExit) as raised:
             _resume(output_dir, *extra)
         assert raised.value.code == 2 and message in capsys.readouterr().err, extra
+    # Before: an NCSN checkpoint resumed silently under train_score_sde's objective (the same unet).
+    with pytest.raises(SystemExit) as raised:
+        load_script("train_score_sde").main(
+            ["--output_dir", str(output_dir), *TINY, "--max_train_steps", "4", "--resume_from_checkpoint", "latest"]
+        )
+    assert raised.value.code == 2
+    assert "was written by another training script (it took --num_noise_levels" in capsys.readouterr().err
     shutil.rmtree(output_dir / "checkpoint-2")
     shutil.copytree(ncsn_run[0] / "checkpoint-2", output_dir / "checkpoint-2")
     (output_dir / "checkpoint-2" / "model.safetensors").unlink()

@@ -253,6 +253,14 @@ def check_resume_config(args: argparse.Namespace, checkpoint: Path) -> None:
     if not isinstance(saved, dict):
         return
     current = config_for_logging(args)
+    # Arguments the checkpoint's run had and this one lacks: another script wrote it (one this run has and the
+    # checkpoint lacks may be a flag added since, and is not compared).
+    foreign = sorted(set(saved) - set(current) - RESUMABLE_ARGUMENTS)
+    if foreign:
+        raise ValueError(
+            f"--resume_from_checkpoint {str(checkpoint)!r} was written by another training script (it took "
+            f"{', '.join(f'--{name}' for name in foreign)}, which this one does not); resume it with that script."
+        )
     # Compared as JSON, as they were saved (NaN equals NaN, a tuple its list).
     changed = [
         name for name in sorted(set(saved) & set(current))
