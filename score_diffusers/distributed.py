@@ -14,6 +14,7 @@ The rank and world size come from the environment variables `RANK`, `WORLD_SIZE`
 
 from __future__ import annotations
 
+import atexit
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -80,7 +81,7 @@ class Processes:
         """Meet the other processes (nothing with one process), before the work; `gather` needs it.
 
         The first call in a process starts torch.distributed's default group on gloo (also on GPU machines: only
-        small Python objects travel) and keeps it for the life of the process, so that commands run one after the
+        small Python objects travel) and keeps it until the process exits, so that commands run one after the
         other in one process (`main(argv)` twice) meet again in it; a default group that the caller started (e.g.
         NCCL, with its own timeout) is left alone, and a gloo group is made beside it.
         """
@@ -91,6 +92,9 @@ class Processes:
         global _started_default_group
         if not dist.is_initialized():
             dist.init_process_group("gloo", rank=self.rank, world_size=self.world_size, timeout=GATHER_TIMEOUT)
+            # Left to the interpreter's exit, gloo's threads may be torn down while still running: a SIGABRT
+            # ("terminate called without an active exception") after the work is done.
+            atexit.register(dist.destroy_process_group)
             _started_default_group = True
         self._gather_group = (dist.group.WORLD if _started_default_group
                               else dist.new_group(backend="gloo", timeout=GATHER_TIMEOUT))
