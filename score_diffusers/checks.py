@@ -87,5 +87,6 @@ def check_generator(generator: Any, batch_size: int, batch: str = "`batch_size`"
             )
         return
     raise ValueError(
-        f"`generator` must be a `torch.Generator` or a list of them, one per sample; got {type(generator).__name__}."
+        f"`generator` must be a `torch.Generator` or a list of them, one per sample; got {type(generator).__name__} "
+        "(seed one with torch.Generator().manual_seed(seed))."
     )

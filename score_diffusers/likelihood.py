@@ -37,7 +37,7 @@ from diffusers.utils import BaseOutput
 from tqdm.auto import tqdm
 from typing_extensions import Unpack
 
-from .checks import SamplingError, all_finite, check_choice, check_positive_int
+from .checks import SamplingError, all_finite, check_choice, check_generator, check_positive_int
 from .conventions import ModelConvention
 
 # What names a model's conventions here: a `ModelConvention`, or a score scheduler, which carries one.
@@ -623,20 +623,6 @@ def _draw_per_sample(
     return draw(shape, generator, generator.device if generator is not None else torch.device("cpu")).to(device)
 
 
-def _check_generator(generator: Any, batch: int) -> None:
-    """Refuse a `generator` that is neither None, a `torch.Generator`, nor a list of one per sample."""
-    if generator is None or isinstance(generator, torch.Generator):
-        return
-    if isinstance(generator, list) and all(isinstance(g, torch.Generator) for g in generator):
-        if len(generator) != batch:
-            raise ValueError(f"`generator` is a list of {len(generator)}; it must hold one per sample ({batch}).")
-        return
-    raise ValueError(
-        f"`generator` must be a torch.Generator or a list of one per sample; got {type(generator).__name__} "
-        "(seed one with torch.Generator().manual_seed(seed))."
-    )
-
-
 def _check_finite_result(values: torch.Tensor, dtype: torch.dtype) -> None:
     """Raise `SamplingError` if a solve's result overflowed (every evaluation was finite, the end is not)."""
     if not bool(torch.isfinite(values).all()):
@@ -801,7 +787,7 @@ def log_likelihood(
         method=method, rtol=rtol, atol=atol, num_steps=num_steps, batch_size=batch_size, show_progress=show_progress,
         max_nfe=max_nfe,
     )
-    _check_generator(generator, samples.shape[0])
+    check_generator(generator, samples.shape[0], "the number of samples")
     kind = _dequantization_kind(dequantize)
     if kind is not None and data_range is None:
         raise ValueError(f"`dequantize={dequantize!r}` needs `data_range`, the range the 8-bit data was scaled to.")

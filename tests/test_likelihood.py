@@ -273,8 +273,8 @@ def test_float32_unet_with_float64_integration():
         ({"dtype": torch.float16}, "`dtype` torch.float16 is too coarse to integrate the ODE"),
         # Before: AttributeError from inside.
         ({"dtype": "float64"}, "`dtype` must be a floating dtype such as torch.float64; got 'float64'"),
-        ({"generator": 0}, "`generator` must be a torch.Generator or a list of one per sample; got int"),
-        ({"generator": [0, 1]}, "`generator` must be a torch.Generator or a list of one per sample; got list"),
+        ({"generator": 0}, "`generator` must be a `torch.Generator` or a list of them, one per sample; got int"),
+        ({"generator": [0, 1]}, "`generator` must be a `torch.Generator` or a list of them, one per sample; got list"),
         # Before: "math domain error".
         ({"data_range": (0.0, math.inf)}, "`data_range` must be finite with low < high"),
         ({"data_range": (math.nan, 1.0)}, "`data_range` must be finite with low < high"),
@@ -363,7 +363,7 @@ def test_class_labels_must_match_the_models_conditioning():
         ({"num_step": 3}, "unknown arguments 'num_step'; besides its own it takes 'divergence'"),
         ({"num_samples": 0}, "`num_samples` must be an integer >= 1"),
         ({"dequantization": "none"}, "`dequantization` must be one of 'uniform', 'truncated_normal'"),
-        ({"generator": 0}, "`generator` must be a torch.Generator"),
+        ({"generator": 0}, "`generator` must be a `torch.Generator`"),
     ],
 )
 def test_bad_arguments_to_the_dequantized_likelihood_raise(kwargs, match):
