@@ -4,10 +4,11 @@ The 64-dimensional, 8-component mixture of `bench_schedulers.py`, driven by its 
 (‖mean‖ ≈ 3, σ_max = 50) and shifted by a vector of norm 28, as [0, 1] image data sit far from 0 (NCSN++ trains on
 uncentred CIFAR-10, ‖mean‖ ≈ 28 at σ_max = 50), with σ_max set to the data's largest pairwise distance as the
 training scripts do. The prior N(0, σ_max²I) then misses p_T's mean by 28. Rows: `SDEDPMSolverScheduler` with its
-defaults (and without `forget_prior`), our PC and probability flow, and Diffusers' `ScoreSdeVeScheduler`, on paired
-seeds; each figure is a mean over `--seeds` runs ± its standard error, as in `bench_schedulers.py`.
+defaults, at `eta=0` (the probability-flow ODE after the prior-forgetting first step) and without `forget_prior`,
+our PC and probability flow, and Diffusers' `ScoreSdeVeScheduler`, on paired seeds; each figure is a mean over
+`--seeds` runs ± its standard error, as in `bench_schedulers.py`.
 
-Run from the repository root: `python benchmarks/bench_stochastic.py` (~6 min on 2 CPU cores).
+Run from the repository root: `python benchmarks/bench_stochastic.py` (~10 min on 2 idle CPU cores).
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ def main() -> None:
 
         samplers = [
             ("SDE-DPM-Solver++(2M) (defaults)", ours(lambda: SDEDPMSolverScheduler(**kwargs)), [10, 20, 50]),
+            ("SDE-DPM-Solver++(2M), eta=0 (the ODE, prior forgotten)",
+             ours(lambda: SDEDPMSolverScheduler(eta=0.0, **kwargs)), [10, 20, 50]),
             ("SDE-DPM-Solver++(2M), forget_prior=False",
              ours(lambda: SDEDPMSolverScheduler(forget_prior=False, **kwargs)), [50]),
             ("PC (defaults)", ours(lambda: PredictorCorrectorScheduler(**kwargs)), [25, 100]),
