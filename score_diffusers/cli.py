@@ -1,6 +1,7 @@
 """The `score-diffusers` command: sample images, compute likelihoods, convert DDPM checkpoints, inpaint and edit.
 
     score-diffusers sample PIPELINE [--scheduler NAME] [--steps N] [--num_images N] [--output_dir DIR] [--npz PATH] ...
+    score-diffusers sample PIPELINE --adaptive [RTOL] ...        (the adaptive-step reverse-SDE solver)
     score-diffusers likelihood IMAGE_FOLDER --pipeline PIPELINE [--divergence exact|hutchinson] [--csv PATH] ...
     score-diffusers convert DDPM_FOLDER OUTPUT_FOLDER [--scheduler NAME] [--overwrite]
     score-diffusers inpaint PIPELINE IMAGE ... --mask MASK [--method smc|replacement|guidance] --output_dir DIR ...
@@ -50,6 +51,7 @@ from .likelihood import DIVERGENCES, METHODS, PROBES
 from .models import NoiseConditionalClassifier
 from .pipelines import ScoreGuidedPipeline, ScoreImg2ImgPipeline, ScoreInpaintPipeline
 from .pipelines.pipeline_score_inverse import DEFAULT_NUM_PARTICLES, INVERSE_METHODS
+from .sampling.adaptive import DEFAULT_RTOL
 from .schedulers import DEFAULT_SCHEDULERS, SCHEDULERS
 
 PROG = "score-diffusers"
@@ -494,6 +496,9 @@ def run_sample(args: argparse.Namespace) -> int:
     output_dir, grid_path = _checked_outputs(args, args.npz)
     npz_path = None if args.npz is None else _writable_file(args.npz, "--npz", ".npz")
     _class_labels_for(args.class_labels, range(0), num_images)  # checked before any loading
+    if args.adaptive is not None and args.scheduler != KEEP:
+        raise CLIError("--adaptive chooses its own steps and takes no --scheduler (it uses only the model's "
+                       "conventions); give one or the other")
     device = args.device or str(processes.default_device())
     pipe = load_pipeline(args.pipeline, args.scheduler, args.classifier, device,
                          show_progress=not args.quiet and processes.is_main)
@@ -503,19 +508,25 @@ def run_sample(args: argparse.Namespace) -> int:
 
     sampled: dict[int, PIL.Image.Image] = {}
     num_sampled = 0
+    evaluations: list[int] = []  # per image sampled, with --adaptive
     processes.join()
     for indices in processes.share(batches(num_images, args.batch_size)):
         missing = [index for index in indices if not done(index)]
         if not missing:
             continue
         # The whole batch, also where some of its PNGs are there: the same batch gives the same images.
-        images = pipe(
-            batch_size=len(indices),
-            num_inference_steps=args.steps,
-            generator=_per_image_generators(args.seed, indices),
-            class_labels=_class_labels_for(args.class_labels, indices, num_images),
-            guidance_scale=args.guidance_scale,
-        ).images
+        options = {
+            "batch_size": len(indices),
+            "generator": _per_image_generators(args.seed, indices),
+            "class_labels": _class_labels_for(args.class_labels, indices, num_images),
+            "guidance_scale": args.guidance_scale,
+        }
+        if args.adaptive is None:
+            images = pipe(num_inference_steps=args.steps, **options).images
+        else:
+            output = pipe.sample_adaptive(rtol=args.adaptive, **options)
+            images = output.images
+            evaluations += [int(count) for index, count in zip(indices, output.nfe) if index in missing]
         num_sampled += len(missing)
         for index, image in zip(indices, images):
             if output_dir is None:
@@ -523,16 +534,21 @@ def run_sample(args: argparse.Namespace) -> int:
             elif index in missing:
                 _save_png_atomically(image, output_dir / _sample_name(index))
     # Small results only: with --output_dir the images stay on disk and the main process reads them back.
-    gathered = processes.gather((num_sampled, sampled))
+    gathered = processes.gather((num_sampled, sampled, evaluations))
     if gathered is None:
         return EXIT_OK
-    num_sampled = sum(count for count, _ in gathered)
+    num_sampled = sum(count for count, _, _ in gathered)
     on = f" on {processes.world_size} processes" if processes.world_size > 1 else ""
     kept = f" ({num_images - num_sampled} already in {output_dir})" if num_sampled < num_images else ""
-    print(
-        f"Sampled {num_sampled} images{kept} with {type(pipe.scheduler).__name__}{on}: {args.steps} steps, "
-        f"{len(pipe.scheduler.timesteps)} model evaluations."
-    )
+    if args.adaptive is None:
+        evaluated = len(pipe.scheduler.timesteps)
+        how = f"{type(pipe.scheduler).__name__}{on}: {args.steps} steps, {evaluated} model evaluations"
+    else:
+        counts = [count for _, _, process_counts in gathered for count in process_counts]
+        how = f"the adaptive reverse-SDE solver at rtol {args.adaptive:g}{on}"
+        if counts:
+            how += f": {sum(counts) / len(counts):.1f} model evaluations per image on average, at most {max(counts)}"
+    print(f"Sampled {num_sampled} images{kept} with {how}.")
     if output_dir is not None:
         print(f"Wrote {num_sampled} images to {output_dir}")
     if grid_path is None and npz_path is None:
@@ -823,6 +839,10 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("pipeline", metavar="PIPELINE", help=pipeline_help)
     _add_scheduler_argument(sample, "sampler to run (see the list below)")
     sample.add_argument("--steps", type=_positive_int, default=50, help="num_inference_steps of the scheduler")
+    sample.add_argument("--adaptive", type=_positive_float, nargs="?", const=DEFAULT_RTOL, default=None,
+                        metavar="RTOL", help="sample with the adaptive-step reverse-SDE solver instead of a scheduler: "
+                        "each image takes the steps its local error allows at tolerance RTOL (a fraction of σ_t; "
+                        f"default {DEFAULT_RTOL:g}); --steps and --scheduler do not apply")
     sample.add_argument("--num_images", type=_positive_int, default=None,
                         help="number of images (default: --batch_size, one batch)")
     sample.add_argument("--batch_size", type=_positive_int, default=16,

@@ -468,3 +468,26 @@ def test_export_code_and_convert_with_code_write_the_stock_diffusers_files(ddpm_
     assert 'custom_pipeline="pipeline_score_guided"' in capsys.readouterr().out
     assert (plain / "pipeline_score_guided.py").is_file()
     assert main(["export-code", str(tmp_path / "missing")]) == 2
+
+
+def test_sample_with_the_adaptive_solver(ddpm_folder, tmp_path, capsys):
+    """`--adaptive` samples with the adaptive-step solver, reports its evaluations per image, and keeps image i a
+    function of seed + i."""
+    common = ["sample", str(ddpm_folder), "--adaptive", "--quiet"]
+    assert main([*common, "--batch_size", "2", "--seed", "0", "--output_dir", str(tmp_path / "batch")]) == 0
+    out = capsys.readouterr().out
+    assert "adaptive reverse-SDE solver at rtol 0.2" in out and "model evaluations per image on average" in out
+    assert main([*common, "--batch_size", "1", "--seed", "1", "--output_dir", str(tmp_path / "alone")]) == 0
+    with PIL.Image.open(tmp_path / "batch" / "0001.png") as in_batch:
+        with PIL.Image.open(tmp_path / "alone" / "0000.png") as one:
+            difference = np.abs(np.asarray(in_batch, dtype=int) - np.asarray(one, dtype=int))
+    assert difference.max() <= 1
+
+
+@pytest.mark.parametrize("extra, message", [(["--adaptive", "0"], "--adaptive"), (["--adaptive", "--scheduler", "pc"],
+                                                                                 "--adaptive chooses its own steps")])
+def test_bad_adaptive_options_are_usage_errors(extra, message, ddpm_folder, tmp_path, capsys):
+    argv = ["sample", str(ddpm_folder), *extra, "--output_dir", str(tmp_path / "out")]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -27,7 +27,7 @@ from ..checks import check_choice, check_generator, check_number, check_positive
 from ..conventions import config_source
 from ..models.denoised_input import as_guidance_classifier
 from .image_processing import ImageInput, images_to_tensor
-from ..sampling.adaptive import adaptive_reverse_sde
+from ..sampling.adaptive import DEFAULT_RTOL, adaptive_reverse_sde
 from ..schedulers import ScoreSchedulerMixin, build_scheduler, default_scheduler_name
 from ..schedulers.registry import scheduler_class_names
 
@@ -480,7 +480,7 @@ class ScoreGuidedPipeline(DiffusionPipeline):
     def sample_adaptive(
         self,
         batch_size: int = 1,
-        rtol: float = 0.2,
+        rtol: float = DEFAULT_RTOL,
         generator: torch.Generator | list[torch.Generator] | None = None,
         class_labels: int | list[int] | torch.Tensor | None = None,
         guidance_scale: float = 0.0,
