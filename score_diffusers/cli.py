@@ -26,6 +26,7 @@ import argparse
 import csv
 import ctypes
 import errno
+import json
 import math
 import os
 import re
@@ -35,6 +36,7 @@ import tempfile
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -402,13 +404,54 @@ def _checked_outputs(args: argparse.Namespace, npz: str | None = None) -> tuple[
     """`--output_dir` and `--grid`, checked (and the folder created) before any sampling, so an unwritable path
     never throws the samples away; `npz` is `sample`'s `--npz`, the one other output there is."""
     if args.grid is None and args.output_dir is None and npz is None:
-        raise CLIError("nothing to write: pass --output_dir DIR and/or --grid PATH")
+        raise CLIError("nothing to write: pass --output_dir DIR, --grid PATH and/or (sample) --npz PATH")
     output_dir = None if args.output_dir is None else writable_folder(args.output_dir, "--output_dir")
     grid_path = None if args.grid is None else writable_image_path(args.grid, "--grid")
     return output_dir, grid_path
 
 
 # ---- sample: many images, resumable, split across processes ----------------------------------------------------------
+
+# The settings that decide `sample`'s images, recorded in `--output_dir` so that a rerun (resume) refuses to mix the
+# images of two runs. `--num_images` may grow; the processes and the outputs (grid, npz) may change.
+SAMPLE_RECORD_NAME = ".score-diffusers-sample.json"
+SAMPLE_RECORD_KEYS = ("pipeline", "scheduler", "steps", "adaptive", "batch_size", "seed", "class_labels",
+                      "guidance_scale", "classifier")
+
+
+def _check_sample_record(args: argparse.Namespace, output_dir: Path, is_main: bool) -> None:
+    """Refuse a rerun into `output_dir` with other image-deciding settings than the run that wrote it (a
+    `CLIError` naming them); the main process records the settings of a new run."""
+    record = {key: getattr(args, key) for key in SAMPLE_RECORD_KEYS}
+    for key in ("pipeline", "classifier"):  # a local folder by where it is, however it is spelled
+        if record[key] is not None and Path(record[key]).exists():
+            record[key] = str(Path(record[key]).resolve())
+    path = output_dir / SAMPLE_RECORD_NAME
+    if path.is_file():
+        try:
+            saved = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise CLIError(f"cannot read {path} (the record of the run that wrote {output_dir}): {error}") from error
+        changed = [f"--{key} {saved.get(key)!r} then, {record[key]!r} now" for key in SAMPLE_RECORD_KEYS
+                   if saved.get(key) != record[key]]
+        if changed:
+            raise CLIError(f"{output_dir} holds the images of a run with other settings ({'; '.join(changed)}); "
+                           "resuming would mix the two: use another --output_dir, or remove it")
+    elif is_main:
+        with _written_atomically(path) as partial:
+            partial.write_text(json.dumps(record, indent=1))
+
+
+@dataclass
+class _SampleShare:
+    """What one process of `sample` sampled, for the main process: the images it holds in memory (without
+    `--output_dir`), the model evaluations of each image (`--adaptive`) and of its schedule (None if it sampled
+    nothing)."""
+
+    num_sampled: int
+    images: dict[int, PIL.Image.Image]
+    evaluations: list[int]
+    schedule_evaluations: int | None
 
 
 def _sample_name(index: int) -> str:
@@ -499,6 +542,8 @@ def run_sample(args: argparse.Namespace) -> int:
     if args.adaptive is not None and args.scheduler != KEEP:
         raise CLIError("--adaptive chooses its own steps and takes no --scheduler (it uses only the model's "
                        "conventions); give one or the other")
+    if output_dir is not None:
+        _check_sample_record(args, output_dir, processes.is_main)
     device = args.device or str(processes.default_device())
     pipe = load_pipeline(args.pipeline, args.scheduler, args.classifier, device,
                          show_progress=not args.quiet and processes.is_main)
@@ -533,18 +578,21 @@ def run_sample(args: argparse.Namespace) -> int:
                 sampled[index] = image
             elif index in missing:
                 _save_png_atomically(image, output_dir / _sample_name(index))
-    # Small results only: with --output_dir the images stay on disk and the main process reads them back.
-    gathered = processes.gather((num_sampled, sampled, evaluations))
+    # With --output_dir the images stay on disk and the main process reads them back; without it they travel.
+    schedule_evaluations = None if num_sampled == 0 or args.adaptive is not None else len(pipe.scheduler.timesteps)
+    gathered = processes.gather(_SampleShare(num_sampled, sampled, evaluations, schedule_evaluations))
     if gathered is None:
         return EXIT_OK
-    num_sampled = sum(count for count, _, _ in gathered)
+    num_sampled = sum(share.num_sampled for share in gathered)
     on = f" on {processes.world_size} processes" if processes.world_size > 1 else ""
     kept = f" ({num_images - num_sampled} already in {output_dir})" if num_sampled < num_images else ""
     if args.adaptive is None:
-        evaluated = len(pipe.scheduler.timesteps)
-        how = f"{type(pipe.scheduler).__name__}{on}: {args.steps} steps, {evaluated} model evaluations"
+        how = f"{type(pipe.scheduler).__name__}{on}: {args.steps} steps"
+        evaluated = [share.schedule_evaluations for share in gathered if share.schedule_evaluations is not None]
+        if evaluated:
+            how += f", {evaluated[0]} model evaluations"
     else:
-        counts = [count for _, _, process_counts in gathered for count in process_counts]
+        counts = [count for share in gathered for count in share.evaluations]
         how = f"the adaptive reverse-SDE solver at rtol {args.adaptive:g}{on}"
         if counts:
             how += f": {sum(counts) / len(counts):.1f} model evaluations per image on average, at most {max(counts)}"
@@ -554,8 +602,8 @@ def run_sample(args: argparse.Namespace) -> int:
     if grid_path is None and npz_path is None:
         return EXIT_OK
     if output_dir is None:
-        for _, part in gathered:
-            sampled.update(part)
+        for share in gathered:
+            sampled.update(share.images)
         images = [sampled[index] for index in range(num_images)]
     else:
         images = load_images([output_dir / _sample_name(index) for index in range(num_images)],

@@ -227,7 +227,7 @@ def test_sample_writes_a_grid_and_individual_images(
         scale = math.ceil(GRID_MIN_WIDTH / (2 * IMAGE_SIZE))
         side = 2 * (IMAGE_SIZE * scale + GRID_GUTTER) + GRID_GUTTER
         assert image.size == (side, side) and image.mode == "L"
-    names = sorted(path.name for path in output_dir.iterdir())
+    names = sorted(path.name for path in output_dir.glob("*.png"))
     assert names == ["0000.png", "0001.png", "0002.png"]
     for name in names:
         with PIL.Image.open(output_dir / name) as image:
@@ -491,3 +491,32 @@ def test_bad_adaptive_options_are_usage_errors(extra, message, ddpm_folder, tmp_
     assert main(argv) == 2
     assert message in capsys.readouterr().err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_sample_grid_alone_and_a_rerun_with_nothing_left_to_sample(ddpm_folder, tmp_path, capsys):
+    """A grid without --output_dir is built from the images in memory; a rerun whose images are all on disk samples
+    nothing and still writes the grid."""
+    common = ["sample", str(ddpm_folder), "--steps", "2", "--batch_size", "2", "--quiet"]
+    assert main([*common, "--grid", str(tmp_path / "alone.png")]) == 0
+    assert (tmp_path / "alone.png").is_file()
+    argv = [*common, "--output_dir", str(tmp_path / "out"), "--grid", str(tmp_path / "grid.png")]
+    assert main(argv) == 0
+    (tmp_path / "grid.png").unlink()
+    capsys.readouterr()
+    assert main(argv) == 0
+    assert "Sampled 0 images (2 already in" in capsys.readouterr().out
+    assert (tmp_path / "grid.png").is_file()
+
+
+@pytest.mark.parametrize("changed", [["--seed", "1"], ["--steps", "3"], ["--scheduler", "pc"]])
+def test_a_rerun_with_other_settings_does_not_mix_its_images_in(changed, ddpm_folder, tmp_path, capsys):
+    common = ["sample", str(ddpm_folder), "--batch_size", "1", "--output_dir", str(tmp_path / "out"), "--quiet"]
+    assert main([*common, "--steps", "2", "--num_images", "1"]) == 0
+    settings = {"--steps": "2", **dict(zip(changed[::2], changed[1::2]))}
+    argv = [*common, *[item for pair in settings.items() for item in pair], "--num_images", "2"]
+    assert main(argv) == 2
+    assert "holds the images of a run with other settings" in error_line(capsys)
+    assert sorted(path.name for path in (tmp_path / "out").glob("*.png")) == ["0000.png"]
+    # The same settings resume, the pipeline's folder spelled another way too.
+    respelled = ["sample", f"{ddpm_folder}/.", *common[2:]]
+    assert main([*respelled, "--steps", "2", "--num_images", "2"]) == 0

@@ -18,7 +18,7 @@ from diffusers import DDPMPipeline, DDPMScheduler
 
 from helpers import tiny_unet
 from score_diffusers import cli
-from score_diffusers.cli import main
+from score_diffusers.cli import SAMPLE_RECORD_NAME, main
 from score_diffusers.distributed import Processes, batches
 
 IMAGE_SIZE = 8
@@ -59,8 +59,8 @@ def one_process(monkeypatch):
 
 
 def pngs(folder: Path) -> dict[str, bytes]:
-    """Every file in `folder` (hidden ones too) with its bytes."""
-    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+    """Every file in `folder` (hidden ones too, but the run's settings record) with its bytes."""
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir()) if path.name != SAMPLE_RECORD_NAME}
 
 
 def read_csv(path: Path) -> dict[str, float]:
