@@ -151,6 +151,18 @@ def test_callback_sees_every_step_and_can_replace_the_sample(ddpm_folder):
     torch.testing.assert_close(images, torch.full_like(images, 0.5))
 
 
+def test_a_callback_that_replaces_latents_and_sample_with_different_tensors_is_refused(ddpm_folder):
+    pipe = load(ddpm_folder)
+
+    def callback(pipeline, step_index, timestep, callback_kwargs):
+        return {"latents": torch.zeros_like(callback_kwargs["latents"]),
+                "sample": torch.ones_like(callback_kwargs["sample"])}
+
+    with pytest.raises(ValueError, match="different tensors as `latents` and `sample`"):
+        pipe(num_inference_steps=2, output_type="pt", callback_on_step_end=callback,
+             callback_on_step_end_tensor_inputs=["latents", "sample"])
+
+
 # ---- reproducibility and persistence ------------------------------------------------------------------------------
 
 

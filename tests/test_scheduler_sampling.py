@@ -338,6 +338,23 @@ def test_corrected_per_sample_corrector_keeps_a_gaussian_variance(dim: int):
     assert ratios["sample_corrected"] == pytest.approx(ratios["batch"], abs=0.02), ratios
 
 
+def test_corrected_per_sample_corrector_steps_in_half_precision():
+    """In float16 ‖s‖² overflows once ‖s‖ > 256 (here ‖s‖ ≈ √d/σ ≈ 1100): the step is computed in float32 and comes
+    back in the sample's dtype, as large as in float32 (it was 0, the sample returned unchanged)."""
+    dim, sigma, snr = 3 * 32 * 32, 0.05, 0.16
+    sample = torch.randn(4, dim, generator=make_generator(3)) * sigma
+    noise = torch.randn(4, dim, generator=make_generator(4))
+    moves = {}
+    for dtype in (torch.float32, torch.float16, torch.bfloat16):
+        x, z = sample.to(dtype), noise.to(dtype)
+        score = -x / sigma**2
+        moved, _ = sampling.langevin.langevin_corrector_step(x, score, z, sampling.per_sample_norm(score), snr)
+        assert moved.dtype == dtype
+        moves[dtype] = float((moved.float() - x.float()).abs().mean())
+    assert moves[torch.float16] == pytest.approx(moves[torch.float32], rel=0.02), moves
+    assert moves[torch.bfloat16] == pytest.approx(moves[torch.float32], rel=0.05), moves
+
+
 def test_corrected_per_sample_corrector_takes_the_level_step_on_small_samples():
     """Below `MIN_SAMPLE_CORRECTED_DIM` elements one sample's score norm is too noisy a measure of its level's
     variance: the step is the point mass's, η = 2α·snr²·σ², stable wherever the sample is."""

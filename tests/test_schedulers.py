@@ -440,18 +440,20 @@ class ScoreSchedulerCommonTest:
         assert scheduler.step_index == 0
 
     def test_timestep_tensor_is_one_entry_for_the_whole_batch(self, config, mixture):
-        """One timestep per sample is accepted when all are the current entry; entries that differ, or a count that is
-        neither 1 nor the batch, are refused."""
+        """One timestep per sample (or per row of a doubled batch) is accepted when all are the current entry; entries
+        that differ are refused."""
         scheduler = self.make(config)
         scheduler.set_timesteps(NUM_INFERENCE_STEPS)
         sample, timesteps = prior_sample(scheduler, FLAT_SHAPE, make_generator(0)), scheduler.timesteps
         model_output = ExactScoreModel(mixture, scheduler)(sample, timesteps[0])
         differing = torch.cat([timesteps[:1].expand(BATCH_SIZE - 1), timesteps[-1:]])
-        for bad in (differing, timesteps[:1].expand(BATCH_SIZE + 1)):
-            with pytest.raises(ValueError, match="`timestep` must be"):
-                scheduler.step(model_output, bad, sample)
+        with pytest.raises(ValueError, match="`timestep` must be"):
+            scheduler.step(model_output, differing, sample)
         scheduler.step(model_output, timesteps[:1].expand(BATCH_SIZE), sample)
         assert scheduler.step_index == 1
+        if len(timesteps) > 1:
+            scheduler.step(model_output, timesteps[1:2].expand(2 * BATCH_SIZE), sample)
+            assert scheduler.step_index == 2
 
     def test_non_finite_sample(self, config, mixture):
         """NaN or inf in the sample: bad input at the run's first step (`ValueError`), a failure of the run later

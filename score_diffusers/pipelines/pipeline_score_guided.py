@@ -406,10 +406,15 @@ class ScoreGuidedPipeline(DiffusionPipeline):
                 tensors = {"latents": sample, "sample": sample, "pred_original_sample": step.pred_original_sample}
                 callback_kwargs = {name: tensors[name] for name in tensor_inputs}
                 callback_outputs = callback_on_step_end(self, step_index, timestep, callback_kwargs)
-                for name in ("latents", "sample"):
-                    replaced = callback_outputs.get(name)
-                    if replaced is not None and replaced is not tensors[name]:
-                        sample = replaced
+                replacements = [callback_outputs.get(name) for name in ("latents", "sample")]
+                replacements = [tensor for tensor in replacements if tensor is not None and tensor is not sample]
+                if len(replacements) == 2 and replacements[0] is not replacements[1]:
+                    raise ValueError(
+                        "`callback_on_step_end` returned different tensors as `latents` and `sample`, which name the "
+                        "same sample; return one of them."
+                    )
+                if replacements:
+                    sample = replacements[0]
         return sample
 
     def _sample_size(self) -> tuple[int, int]:

@@ -71,7 +71,8 @@ def langevin_corrector_step(
     expected ‖z‖ replaces the drawn one, whose η would add (d + 2)/d times the noise its drift balances. And a step
     η(x) ∝ ‖s(x)‖^(-2) that varies with x leaves p/η stationary instead of p (the Fokker–Planck equation of
     dx = η·s dt + √(2η) dW), ∝ p·‖x − μ‖² on the Gaussian, whose E‖x − μ‖² is then (d + 2)v: the drift factor
-    1 + 2/d gives back dv exactly. Below `MIN_SAMPLE_CORRECTED_DIM` elements it takes η = 2α·snr²·σ², the step for
+    1 + 2/d gives back dv, exactly on an isotropic Gaussian in the small-step limit (not the law of ‖x − μ‖², whose
+    variance is d/(d + 2) of the target's, nor per coordinate on an anisotropic Gaussian, off by O(2/d)). Below `MIN_SAMPLE_CORRECTED_DIM` elements it takes η = 2α·snr²·σ², the step for
     the point mass's N(x₀, σ²I): every p_σ's curvature is at most 1/σ², so that step is stable, if small near the
     data. Either way every sample's step depends on that sample alone.
     """
@@ -83,12 +84,15 @@ def langevin_corrector_step(
         if sigma is None:
             raise ValueError("`sigma` is needed for corrector_norm='sample_corrected' on samples of few elements.")
         return langevin_step(sample, score, 2 * alpha * snr**2 * sigma**2, noise)
+    # In float32 at least: ‖s‖² overflows float16 (‖s‖ ≈ √d/σ passes 256 at σ < 1.7 for 3 × 256 × 256 images).
+    compute = torch.promote_types(sample.dtype, torch.float32)
     # E[1/χ²_d] = 1/(d − 2).
-    variance = (dim - 2) / score_norm.clamp_min(MIN_SCORE_NORM) ** 2
+    variance = (dim - 2) * (1 / score_norm.to(compute).clamp_min(MIN_SCORE_NORM)) ** 2
     step_size = append_dims(2 * alpha * snr**2 * variance, sample.ndim)
     # p/η ∝ p·‖x − μ‖² on the Gaussian: E‖x − μ‖² = (d + 2)v at the drift η·s, dv at (1 + 2/d)·η·s.
-    mean = torch.addcmul(sample, step_size * (1 + 2 / dim), score)
-    return torch.addcmul(mean, (2 * step_size).sqrt(), noise), mean
+    mean = torch.addcmul(sample.to(compute), step_size * (1 + 2 / dim), score.to(compute))
+    corrected = torch.addcmul(mean, (2 * step_size).sqrt(), noise.to(compute))
+    return corrected.to(sample.dtype), mean.to(sample.dtype)
 
 
 def langevin_step(

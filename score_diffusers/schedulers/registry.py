@@ -100,11 +100,12 @@ SCHEDULERS: dict[str, SchedulerRecipe] = {
         {"solver_order": 2},
         "reverse SDE, SDE-DPM-Solver++(2M): stochastic, 1 evaluation a step",
     ),
-    "dpmpp-2m-forget-prior": SchedulerRecipe(
+    "pf-dpmpp-2m-forget-prior": SchedulerRecipe(
         SDEDPMSolverScheduler,
-        {"solver_order": 2, "eta": 0.0},
-        "probability-flow ODE after a prior-forgetting first step (SDE-DPM-Solver++(2M) at eta = 0): the VE sampler "
-        "for 20 evaluations or fewer, 1 evaluation a step",
+        {"solver_order": 2, "eta": 0.0, "forget_prior": True},
+        "probability-flow ODE, DPM-Solver++(2M), after a prior-forgetting first step (SDE-DPM-Solver++(2M) at "
+        "eta = 0): the VE sampler for 20 evaluations or fewer, 1 evaluation a step",
+        20,
     ),
     "annealed-langevin": SchedulerRecipe(
         AnnealedLangevinScheduler,

@@ -57,7 +57,7 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
         solver_order (`int`, defaults to 2): 1 or 2.
         eta (`float`, defaults to 1.0): the noise scale η ∈ [0, 1]. On VE at 20 evaluations or fewer, `eta=0` (the
             probability-flow ODE after the prior-forgetting first step) samples better than 1; at 50, 1 does
-            (README, `bench_stochastic.py`; registry name `"dpmpp-2m-forget-prior"`).
+            (README, `bench_stochastic.py`; registry name `"pf-dpmpp-2m-forget-prior"`).
         forget_prior (`bool`, defaults to `True`): take the first step with η = ∞ (see above).
         time_spacing (`str`, defaults to `"log_sigma"`): `"uniform"` in t, `"log_sigma"` or `"karras"` (ρ = 7).
         sigma_min, sigma_max, beta_min, beta_max, beta_schedule, beta_start, beta_end, trained_betas,

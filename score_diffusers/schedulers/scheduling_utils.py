@@ -309,7 +309,8 @@ class ScoreSchedulerMixin(SchedulerMixin):
         if bool((times.diff() >= 0).any()):
             raise ValueError(
                 f"`{argument}` must go from noisy to clean, strictly decreasing in noise level (t), without repeats; "
-                f"got {values.tolist()}."
+                f"got {values.tolist()}. (A scheduler's own `timesteps` repeat a time point it evaluates the model at "
+                "more than once; pass its distinct entries, `scheduler.timesteps[::scheduler.order]`.)"
             )
         if not bool((self.sde.marginal_std(times) > 0).all()):
             raise ValueError(
@@ -407,16 +408,11 @@ class ScoreSchedulerMixin(SchedulerMixin):
 
     @staticmethod
     def _single_timestep(timestep: TimeLike, batch_size: int) -> float:
-        """The one value of `timestep`: a number, or a tensor of 1 or `batch_size` equal entries (a loop that feeds the
-        model one timestep per sample passes them so)."""
+        """The one value of `timestep`: a number, or a tensor of equal entries (a loop that feeds the model one
+        timestep per sample passes `batch_size` of them, one that doubles the batch for its model twice as many)."""
         if not torch.is_tensor(timestep):
             return float(timestep)
         values = timestep.detach().flatten()
-        if values.numel() not in (1, batch_size):
-            raise ValueError(
-                f"`timestep` must be one value or one per sample ({batch_size}); got a tensor of shape "
-                f"{tuple(timestep.shape)}."
-            )
         first = float(values[0])
         if values.numel() > 1 and not bool((values == values[0]).all()):
             raise ValueError(
@@ -427,7 +423,10 @@ class ScoreSchedulerMixin(SchedulerMixin):
 
     def _check_sample_continues_the_run(self, sample: torch.Tensor, index: int) -> None:
         """Refuse a `sample` this scheduler returned other than at the step just before: the mark of two loops
-        stepping one scheduler. A sample it did not return (x_T, one a callback or a pipeline replaced) is accepted."""
+        stepping one scheduler, or of a loop that fed back an older sample. A sample it did not return (x_T, one a
+        callback or a pipeline replaced, a copy: `.clone()`, a cast) is accepted, so a second loop's first step
+        passes and the error comes at the next step of either loop; a second loop that takes a single step goes
+        unnoticed."""
         mark = getattr(sample, _STEP_MARK, None)
         if mark is None or mark[0] is not self._lineage or index == self._begin_index:
             return
@@ -436,8 +435,8 @@ class ScoreSchedulerMixin(SchedulerMixin):
             where = "an earlier run (`set_timesteps` was called since)" if run is not self._run else "this run"
             raise ValueError(
                 f"`sample` is the output of step {returned_at} of {where}, but this is step {index} of the current "
-                "run: two sampling loops seem to share this scheduler; give each loop its own "
-                "(`copy.deepcopy(scheduler)` or `from_config(scheduler.config)`)."
+                "run: two sampling loops seem to share this scheduler (or a loop passed back an older sample); give "
+                "each loop its own (`copy.deepcopy(scheduler)` or `from_config(scheduler.config)`)."
             )
 
     def _step_output(
