@@ -435,7 +435,8 @@ def test_an_output_dir_that_cannot_be_written_fails_before_training(script, tmp_
 
 
 def _image_folder(root: Path, bad: str) -> Path:
-    """Twenty 8×8 gray PNGs and one bad image: a zero-byte file, text, a truncated PNG, 16-bit or float pixels."""
+    """Twenty 8×8 gray PNGs and one bad image: a zero-byte file, text, a truncated PNG or JPEG, 16-bit or float
+    pixels."""
     import numpy as np
     from PIL import Image
 
@@ -449,6 +450,13 @@ def _image_folder(root: Path, bad: str) -> Path:
     elif bad == "truncated":
         whole = (root / "0.png").read_bytes()
         (root / "bad.png").write_bytes(whole[: len(whole) // 2])
+    elif bad == "truncated-jpeg":
+        # Noise, so that half the file is past the headers: PIL's `verify` passes it, reading no pixels.
+        noise = np.random.default_rng(0).integers(0, 256, (64, 64), dtype=np.uint8)
+        Image.fromarray(noise).save(root / "whole.jpg")
+        whole = (root / "whole.jpg").read_bytes()
+        (root / "whole.jpg").unlink()
+        (root / "bad.jpg").write_bytes(whole[: len(whole) // 2])
     elif bad == "16-bit":
         Image.fromarray(np.full((8, 8), 40_000, dtype=np.uint16)).save(root / "bad.png")
     elif bad == "float":
@@ -464,6 +472,10 @@ def _image_folder(root: Path, bad: str) -> Path:
         ("text", "of 21 images, 1 cannot be read as images: {root}/bad.png (UnidentifiedImageError"),
         # Before: `OSError: image file is truncated` (a traceback) when it was first read.
         ("truncated", "of 21 images, 1 cannot be read as images: {root}/bad.png"),
+        # Before: passed the check (PIL's `verify` reads no JPEG data), then `OSError: image file is truncated` at
+        # the first batch that held it.
+        ("truncated-jpeg", "of 21 images, 1 cannot be read as images: {root}/bad.jpg (OSError: image file is "
+                           "truncated"),
         # Before: 16-bit levels clipped to 255 (read as white) without a word; float pixels "math domain error".
         ("16-bit", "of 21 images, 1 are not 8-bit images (modes 1, L, LA, P, PA, RGB, RGBA, CMYK, YCbCr): "
                    "{root}/bad.png (mode 'I;16'); convert them to 8 bits"),
@@ -572,6 +584,38 @@ def test_resume_from_a_damaged_checkpoint_or_with_other_settings_is_refused(ncsn
     assert not (output_dir / "model_index.json").exists()
 
 
+def test_resume_compares_local_paths_however_spelt(tmp_path, monkeypatch):
+    """Before: the saved arguments were compared as strings, so `--train_data_dir data` then `./data/` (or a local
+    `--dataset_name` or `--pretrained_model_name_or_path` spelt with `~`) refused a resume of the same run."""
+    import argparse
+    import json
+
+    from training.arguments import check_resume_config
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    for name in ("data", "other", "pipeline"):
+        (tmp_path / name).mkdir()
+    checkpoint = tmp_path / "checkpoint-2"
+    checkpoint.mkdir()
+    saved = {"train_data_dir": "data", "dataset_name": "None", "pretrained_model_name_or_path": "~/pipeline", "seed": 0}
+    (checkpoint / "checkpoint.json").write_text(json.dumps({"step": 2, "files": {}, "config": saved}))
+
+    def resume(**changed) -> None:
+        check_resume_config(argparse.Namespace(**{**saved, "dataset_name": None, **changed}), checkpoint)
+
+    resume(train_data_dir="./data/", pretrained_model_name_or_path=str(tmp_path / "pipeline"))
+    resume(train_data_dir=str(tmp_path / "other" / ".." / "data"), pretrained_model_name_or_path="pipeline/")
+    with pytest.raises(ValueError, match="--train_data_dir data then, ./other now"):
+        resume(train_data_dir="./other")
+    # Hub ids, which name no local folder, are compared as they are.
+    saved.update(train_data_dir="None", dataset_name="user/digits")
+    (checkpoint / "checkpoint.json").write_text(json.dumps({"step": 2, "files": {}, "config": saved}))
+    resume(train_data_dir=None, dataset_name="user/digits")
+    with pytest.raises(ValueError, match="--dataset_name user/digits then, user/other now"):
+        resume(train_data_dir=None, dataset_name="user/other")
+
+
 def test_outputs_replace_the_previous_ones_only_once_complete(tmp_path):
     """Before: the final pipeline, the grid and the card were written in place, so a run killed while saving left a
     half-written unet (or PNG) over the good one of an earlier run."""
@@ -618,6 +662,73 @@ def test_save_checkpoint_refuses_a_limit_that_would_prune_the_new_checkpoint(tmp
         with pytest.raises(ValueError, match="`checkpoints_total_limit` must be an integer >= 1"):
             save_checkpoint(None, None, tmp_path, 2, limit)
     assert [path.name for path in tmp_path.iterdir()] == ["checkpoint-1"]
+
+
+class _FakeAccelerator:
+    """What `save_checkpoint` asks of an `Accelerator`: one process, and a state of three small files."""
+
+    is_main_process = True
+
+    def wait_for_everyone(self) -> None:
+        pass
+
+    def save_state(self, folder: str) -> None:
+        Path(folder).mkdir(parents=True)
+        for name in ("model.safetensors", "optimizer.bin", "scheduler.bin"):
+            (Path(folder) / name).write_bytes(bytes(10))
+
+
+def _checkpoint_steps(output_dir: Path) -> list[int]:
+    from training.checkpoints import list_checkpoints
+
+    return [step for step, _ in list_checkpoints(output_dir)]
+
+
+def test_pruning_keeps_the_checkpoints_of_the_run_that_wrote_them(tmp_path, caplog):
+    """Before: pruning kept the highest steps, so a run resumed from checkpoint-500 past a truncated checkpoint-1000
+    deleted its own checkpoint-600 at `--checkpoints_total_limit 1` (the next resume then found nothing complete),
+    and a complete checkpoint-1000 left by the run it branched from was taken by the next `latest` over its own."""
+    import argparse
+
+    from accelerate import PartialState
+
+    from training.checkpoints import find_resume_checkpoint, save_checkpoint
+
+    PartialState()  # for Accelerate's logger, as the scripts' `Accelerator` sets it up
+    latest = argparse.Namespace(resume_from_checkpoint="latest", output_dir=str(tmp_path))
+
+    def save(step: int, previous_step: int, limit: int | None = None) -> None:
+        """A checkpoint at `step` of the run whose last one was at `previous_step`, as the training loop saves it."""
+        save_checkpoint(_FakeAccelerator(), None, tmp_path, step, limit, None, previous_step)
+
+    save(500, 0)
+    save(1000, 500)
+    (tmp_path / "checkpoint-1000" / "model.safetensors").write_bytes(bytes(1))
+    assert find_resume_checkpoint(latest).step == 500
+    with caplog.at_level("WARNING"):
+        save(600, 500, limit=1)
+    assert _checkpoint_steps(tmp_path) == [600] and find_resume_checkpoint(latest).step == 600
+    assert f"Removed {tmp_path / 'checkpoint-1000'}: it is from a run that the one now at step 600" in caplog.text
+
+    # Resumed from a named earlier checkpoint, the complete ones past it go too (with no limit), those between it
+    # and the next save included.
+    save(700, 600)
+    save(800, 700)
+    save(750, 600)
+    assert _checkpoint_steps(tmp_path) == [600, 750] and find_resume_checkpoint(latest).step == 750
+
+    # The limit counts complete checkpoints only, the new one first; incomplete ones are removed.
+    save(800, 750)
+    save(900, 800)
+    (tmp_path / "checkpoint-800" / "optimizer.bin").unlink()
+    save(950, 900, limit=3)
+    assert _checkpoint_steps(tmp_path) == [750, 900, 950]
+    save(960, 950, limit=2)
+    assert _checkpoint_steps(tmp_path) == [950, 960]
+
+    # A new run in the folder: the old run's checkpoints are not its own.
+    save(100, 0)
+    assert _checkpoint_steps(tmp_path) == [100]
 
 
 def test_a_run_whose_loss_turns_nan_stops_naming_the_step_and_saves_nothing_from_it(tmp_path):

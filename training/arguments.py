@@ -67,6 +67,10 @@ RESUMABLE_ARGUMENTS = frozenset({
 })
 
 
+# Arguments naming a local path (or, but for --train_data_dir, a Hub id): a resume compares paths however spelt.
+_PATH_ARGUMENTS = ("train_data_dir", "dataset_name", "pretrained_model_name_or_path")
+
+
 def build_parser(description: str) -> argparse.ArgumentParser:
     """The arguments every script takes, with the flag names of Diffusers' training examples."""
     parser = argparse.ArgumentParser(description=description)
@@ -261,10 +265,10 @@ def check_resume_config(args: argparse.Namespace, checkpoint: Path) -> None:
             f"--resume_from_checkpoint {str(checkpoint)!r} was written by another training script (it took "
             f"{', '.join(f'--{name}' for name in foreign)}, which this one does not); resume it with that script."
         )
-    # Compared as JSON, as they were saved (NaN equals NaN, a tuple its list).
+    # Compared as JSON, as they were saved (NaN equals NaN; lists and tuples as `config_for_logging`'s strings).
     changed = [
         name for name in sorted(set(saved) & set(current))
-        if name not in RESUMABLE_ARGUMENTS and json.dumps(saved[name]) != json.dumps(current[name])
+        if name not in RESUMABLE_ARGUMENTS and _comparable(name, saved[name]) != _comparable(name, current[name])
     ]
     if changed:
         differences = "; ".join(f"--{name} {saved[name]} then, {current[name]} now" for name in changed)
@@ -272,6 +276,16 @@ def check_resume_config(args: argparse.Namespace, checkpoint: Path) -> None:
             f"--resume_from_checkpoint {str(checkpoint)!r} was written with other settings ({differences}). Resume "
             "with the same settings, or train into a new --output_dir."
         )
+
+
+def _comparable(name: str, value: Any) -> str:
+    """`value` of argument `name` as JSON, an existing local path by its absolute path: `data`, `./data/` and
+    `~/x/data` are the same folder (a Hub id, which names no local path, is kept as it is, as the loaders read it)."""
+    if isinstance(value, str) and name in _PATH_ARGUMENTS:
+        path = Path(value).expanduser()
+        if path.exists():
+            value = str(path.resolve())
+    return json.dumps(value)
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: Sequence[str] | None) -> argparse.Namespace:
@@ -297,5 +311,8 @@ def config_for_logging(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in vars(args).items():
         if key == "hub_token":
             continue
-        config[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        # A tuple as its list: one run's default and another's flag give the same string.
+        config[key] = value if isinstance(value, (int, float, str, bool)) else str(
+            list(value) if isinstance(value, tuple) else value
+        )
     return config

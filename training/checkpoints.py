@@ -161,16 +161,18 @@ def save_checkpoint(
     step: int,
     limit: int | None,
     config: dict[str, Any] | None = None,
+    previous_step: int | None = None,
 ):
     """`accelerator.save_state` into a temporary folder, with a manifest of its files and the run's `config`,
     renamed to `checkpoint-<step>` once complete.
 
     A save that is interrupted leaves only the temporary folder, which resumption ignores, so the last good
-    checkpoint is never replaced by a partial one. Old checkpoints beyond `limit` (>= 1, or None to keep all) are
-    pruned afterwards, never the one just written.
+    checkpoint is never replaced by a partial one. Then `prune_checkpoints(output_dir, step, limit, previous_step)`
+    removes the checkpoints of other runs and those beyond `limit` (>= 1, or None to keep all), never the one just
+    written.
     """
     if limit is not None:
-        # A limit below 1 would prune the checkpoint just written (`[:-limit]` of a negative limit counts forward).
+        # A limit below 1 would leave no room for the checkpoint just written.
         check_int("checkpoints_total_limit", limit, 1)
     final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
     partial = output_dir / f".{final.name}.partial"
@@ -189,11 +191,40 @@ def save_checkpoint(
             os.replace(final, stale)
             _remove(stale)
         os.replace(partial, final)
-        if limit is not None:
-            for _, old in list_checkpoints(output_dir)[:-limit]:
-                shutil.rmtree(old)
         logger.info(f"Saved {final}")
+        prune_checkpoints(output_dir, step, limit, previous_step)
     accelerator.wait_for_everyone()
+
+
+def prune_checkpoints(output_dir: Path, step: int, limit: int | None, previous_step: int | None = None) -> None:
+    """Remove the checkpoints in `output_dir` that the one just written at `step` supersedes, by the run that wrote
+    them and in the order it wrote them, not by step alone.
+
+    A run's checkpoints are the one it resumed from and those it wrote since: `previous_step` is the last of them
+    before `step` (0 for a new run; None when not known, and then only those past `step` are judged). The others
+    past `previous_step` are from a run this one does not continue (the newer ones were incomplete, an earlier one was
+    named, or the run started afresh in a used folder): they are removed with a warning, or
+    `--resume_from_checkpoint latest`, which takes the highest complete step, would go back to that run. Of the
+    older ones, the `limit - 1` newest complete ones are kept beside the new one (every one for a `limit` of None)
+    and the rest removed; incomplete ones (`checkpoint_problem`) do not count and are removed.
+    """
+    older = []
+    for found_step, path in list_checkpoints(output_dir):
+        if found_step > step or (previous_step is not None and previous_step < found_step < step):
+            logger.warning(f"Removed {path}: it is from a run that the one now at step {step} does not continue.")
+            _remove(path)
+        elif found_step < step:
+            older.append(path)
+    if limit is None:
+        return
+    kept = 1
+    for path in reversed(older):
+        problem = checkpoint_problem(path)
+        if problem is None and kept < limit:
+            kept += 1
+            continue
+        logger.info(f"Removed {path}: " + (f"incomplete, {problem}." if problem else f"beyond the last {limit}."))
+        _remove(path)
 
 
 def load_ema(path: Path, ema: EMAModel, model_cls: type, device) -> None:

@@ -116,7 +116,7 @@ class HFImageDataset(ImageBatchDataset):
             rows = self.dataset[list(indices)]
             images = [self._to_tensor(image) for image in rows[self.image_column]]
         except _IMAGE_ERRORS as error:
-            # `check_images` opened every image before training; this one failed only once decoded in full.
+            # `check_images` decoded every image before training: this one has changed since.
             raise ValueError(
                 f"{self.description}: an image of examples {list(indices)} cannot be read ({error})."
             ) from error
@@ -172,8 +172,8 @@ def load_image_data(args: argparse.Namespace, split: str = "train") -> ImageBatc
 
 def check_images(dataset, column: str, source: str) -> None:
     """Raise a `ValueError` naming the first bad images of `dataset[column]`: files that are not images, truncated
-    or corrupt ones (PIL's `verify`), and images that are not 8-bit (`EIGHT_BIT_MODES`). Every image is opened
-    once, without decoding its pixels, before any training."""
+    or corrupt ones, and images that are not 8-bit (`EIGHT_BIT_MODES`). Every image is decoded once in full before
+    any training, as a batch will decode it (PIL's `verify` alone passes a truncated JPEG: it reads no pixels)."""
     import datasets
 
     undecoded = dataset.select_columns([column]).cast_column(column, datasets.Image(decode=False))
@@ -184,7 +184,7 @@ def check_images(dataset, column: str, source: str) -> None:
         try:
             with Image.open(io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]) as image:
                 mode = image.mode
-                image.verify()
+                image.load()
         except _IMAGE_ERRORS as error:
             unreadable.append(f"{name} ({type(error).__name__}: {error})")
             continue

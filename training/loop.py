@@ -207,6 +207,9 @@ def train(
         range(max_train_steps), initial=global_step, desc="Steps", disable=not accelerator.is_local_main_process
     )
     images_seen, step_seconds, start_step = 0, [], global_step
+    # The last checkpoint of this run (the one it resumed from, or none: 0): those between it and the next one are
+    # another run's.
+    previous_checkpoint = global_step
     model.train()
     while global_step < max_train_steps:
         step_start = time.perf_counter()
@@ -248,8 +251,15 @@ def train(
         if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
             check_weights_finite(accelerator, accelerator.unwrap_model(model), ema, output_dir, global_step)
             save_checkpoint(
-                accelerator, ema, output_dir, global_step, args.checkpoints_total_limit, config_for_logging(args)
+                accelerator,
+                ema,
+                output_dir,
+                global_step,
+                args.checkpoints_total_limit,
+                config_for_logging(args),
+                previous_checkpoint,
             )
+            previous_checkpoint = global_step
         if grid_fn is not None and global_step % grid_every == 0 and global_step < max_train_steps:
             with ema_weights(accelerator.unwrap_model(model), ema):
                 save_sample_grid(
