@@ -415,6 +415,20 @@ def test_bad_arguments_fail_before_training(script, args, message, tmp_path, cap
     assert not output_dir.exists()
 
 
+@pytest.mark.parametrize("script", ["train_ncsn", "train_score_sde"])
+def test_a_new_run_in_a_folder_with_checkpoints_is_refused(script, tmp_path, capsys):
+    """A new run would prune an earlier run's checkpoints at its first save: it stops before training, naming them,
+    and the checkpoint is left as it was."""
+    checkpoint = tmp_path / "checkpoint-500"
+    checkpoint.mkdir()
+    (checkpoint / "model.safetensors").write_bytes(b"weights")
+    with pytest.raises(SystemExit) as raised:
+        load_script(script).main(["--output_dir", str(tmp_path)])
+    assert raised.value.code == 2
+    assert "holds the checkpoints of an earlier run (steps 500)" in capsys.readouterr().err
+    assert (checkpoint / "model.safetensors").read_bytes() == b"weights"
+
+
 @pytest.mark.parametrize("script", ["train_ncsn", "train_score_sde", "train_classifier"])
 def test_an_output_dir_that_cannot_be_written_fails_before_training(script, tmp_path, capsys):
     """Before: `FileExistsError` / `NotADirectoryError` / `PermissionError` tracebacks (and a folder that exists but

@@ -18,7 +18,7 @@ from typing import Any
 
 from score_diffusers.checks import check_number
 
-from .checkpoints import find_resume_checkpoint, read_manifest
+from .checkpoints import find_resume_checkpoint, list_checkpoints, read_manifest
 from .data import DIGITS_DEFAULT_RESOLUTION
 from .unet import check_resolution
 
@@ -216,6 +216,15 @@ def check_args(args: argparse.Namespace) -> None:
     if args.resume_from_checkpoint not in (None, "latest"):
         if not Path(args.resume_from_checkpoint).is_dir():
             raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a checkpoint folder.")
+    if args.resume_from_checkpoint is None and list_checkpoints(args.output_dir):
+        # A new run prunes the checkpoints of runs it does not continue (`prune_checkpoints`): refuse rather than
+        # delete another run's good checkpoints at the first save.
+        steps = ", ".join(str(step) for step, _ in list_checkpoints(args.output_dir))
+        raise ValueError(
+            f"--output_dir {args.output_dir} holds the checkpoints of an earlier run (steps {steps}): continue it "
+            "with --resume_from_checkpoint latest (or a checkpoint folder), or start this run in another "
+            "--output_dir."
+        )
     found = find_resume_checkpoint(args)
     if found is not None:
         check_resume_config(args, found.path)
