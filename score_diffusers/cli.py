@@ -48,6 +48,7 @@ from diffusers.utils import logging as diffusers_logging
 from .checks import SamplingError
 from .distributed import Processes, batches
 from .export import export_code
+from .files import remove_path, written_atomically
 from .image_grid import GRID_MIN_WIDTH, image_grid
 from .likelihood import DIVERGENCES, METHODS, PROBES
 from .models import NoiseConditionalClassifier
@@ -320,7 +321,7 @@ def recover_interrupted_save(output: Path) -> list[str]:
             backup.rename(output)
             done.append(f"restored {output} from {backup.name}, left by a save that was killed while replacing it")
         else:
-            _remove(backup)
+            remove_path(backup)
             done.append(f"deleted {backup.name}, the old {output.name} that a killed save had already replaced")
     if output.parent.is_dir():
         for leftover in sorted(output.parent.iterdir()):
@@ -328,14 +329,6 @@ def recover_interrupted_save(output: Path) -> list[str]:
                 shutil.rmtree(leftover)
                 done.append(f"deleted {leftover.name}, left beside {output.name} by a killed save")
     return done
-
-
-def _remove(path: Path) -> None:
-    """Delete the folder `path`, or only the link where `path` is a symbolic link."""
-    if path.is_symlink():
-        path.unlink()
-    else:
-        shutil.rmtree(path)
 
 
 def save_atomically(pipe: ScoreGuidedPipeline, output: Path, with_code: bool = False) -> None:
@@ -362,7 +355,7 @@ def save_atomically(pipe: ScoreGuidedPipeline, output: Path, with_code: bool = F
             return
         if _exchange(staging, output):
             # `output` is the new folder; `staging` now holds the old one.
-            _remove(staging)
+            remove_path(staging)
             return
         backup = _backup(output)
         output.rename(backup)
@@ -375,7 +368,7 @@ def save_atomically(pipe: ScoreGuidedPipeline, output: Path, with_code: bool = F
         backup.rename(output)
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _remove(backup)
+    remove_path(backup)
 
 
 # ---- the subcommands -------------------------------------------------------------------------------------------------
@@ -438,7 +431,7 @@ def _check_sample_record(args: argparse.Namespace, output_dir: Path, is_main: bo
             raise CLIError(f"{output_dir} holds the images of a run with other settings ({'; '.join(changed)}); "
                            "resuming would mix the two: use another --output_dir, or remove it")
     elif is_main:
-        with _written_atomically(path) as partial:
+        with written_atomically(path) as partial:
             partial.write_text(json.dumps(record, indent=1))
 
 
@@ -481,21 +474,8 @@ def _writable_file(path: str | Path, what: str, suffix: str) -> Path:
     return file
 
 
-@contextmanager
-def _written_atomically(path: Path) -> Iterator[Path]:
-    """The hidden file `.NAME.partial` beside `path` to write into; renamed to `path` when the block ends, deleted if
-    it raises. A kill never leaves a half-written `path`, at most the partial file, which the next write replaces."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        yield partial
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
-    os.replace(partial, path)
-
-
 def _save_png_atomically(image: PIL.Image.Image, path: Path) -> None:
-    with _written_atomically(path) as partial:
+    with written_atomically(path) as partial:
         image.save(partial, format="PNG")
 
 
@@ -503,13 +483,13 @@ def _save_npz_atomically(images: Sequence[PIL.Image.Image], path: Path) -> None:
     """`images` as one uint8 array `arr_0` of shape (N, H, W, C), as guided-diffusion's reference batches hold them
     (C = 1 for grey images)."""
     arrays = [np.asarray(image, dtype=np.uint8) for image in images]
-    with _written_atomically(path) as partial, open(partial, "wb") as file:
+    with written_atomically(path) as partial, open(partial, "wb") as file:
         np.savez(file, arr_0=np.stack([array[..., None] if array.ndim == 2 else array for array in arrays]))
 
 
 def _save_csv_atomically(path: Path, header: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
     """`rows` under `header` as a CSV file, floats with all their digits (`repr`)."""
-    with _written_atomically(path) as partial, open(partial, "w", newline="") as file:
+    with written_atomically(path) as partial, open(partial, "w", newline="") as file:
         writer = csv.writer(file)
         writer.writerow(header)
         writer.writerows([[repr(value) if isinstance(value, float) else value for value in row] for row in rows])

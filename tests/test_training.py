@@ -633,7 +633,8 @@ def test_resume_compares_local_paths_however_spelt(tmp_path, monkeypatch):
 def test_outputs_replace_the_previous_ones_only_once_complete(tmp_path):
     """Before: the final pipeline, the grid and the card were written in place, so a run killed while saving left a
     half-written unet (or PNG) over the good one of an earlier run."""
-    from training.checkpoints import save_outputs, written_atomically
+    from score_diffusers.files import written_atomically
+    from training.checkpoints import save_outputs
 
     (tmp_path / "unet").mkdir()
     (tmp_path / "unet" / "weights").write_text("old")

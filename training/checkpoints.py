@@ -5,12 +5,11 @@ manifest), written atomically, pruned to `--checkpoints_total_limit`, checked co
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import re
 import shutil
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from accelerate.logging import get_logger
 from diffusers.training_utils import EMAModel
 
 from score_diffusers.checks import check_int
+from score_diffusers.files import move_into_place, remove_path
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -142,13 +142,6 @@ def resolve_resume_checkpoint(args: argparse.Namespace) -> tuple[int, Path] | No
     return found.step, found.path
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
 def _write_manifest(folder: Path, step: int, config: dict[str, Any] | None) -> None:
     files = {str(file.relative_to(folder)): file.stat().st_size for file in sorted(folder.rglob("*")) if file.is_file()}
     (folder / MANIFEST_NAME).write_text(json.dumps({"step": step, "files": files, "config": config}, indent=1))
@@ -185,12 +178,7 @@ def save_checkpoint(
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         _write_manifest(partial, step, config)
-        if final.exists() or final.is_symlink():
-            stale = output_dir / f".{final.name}.stale"
-            _remove(stale)
-            os.replace(final, stale)
-            _remove(stale)
-        os.replace(partial, final)
+        move_into_place(partial, final)
         logger.info(f"Saved {final}")
         prune_checkpoints(output_dir, step, limit, previous_step)
     accelerator.wait_for_everyone()
@@ -212,7 +200,7 @@ def prune_checkpoints(output_dir: Path, step: int, limit: int | None, previous_s
     for found_step, path in list_checkpoints(output_dir):
         if found_step > step or (previous_step is not None and previous_step < found_step < step):
             logger.warning(f"Removed {path}: it is from a run that the one now at step {step} does not continue.")
-            _remove(path)
+            remove_path(path)
         elif found_step < step:
             older.append(path)
     if limit is None:
@@ -224,7 +212,7 @@ def prune_checkpoints(output_dir: Path, step: int, limit: int | None, previous_s
             kept += 1
             continue
         logger.info(f"Removed {path}: " + (f"incomplete, {problem}." if problem else f"beyond the last {limit}."))
-        _remove(path)
+        remove_path(path)
 
 
 def load_ema(path: Path, ema: EMAModel, model_cls: type, device) -> None:
@@ -237,19 +225,6 @@ def load_ema(path: Path, ema: EMAModel, model_cls: type, device) -> None:
 # ---- outputs ------------------------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def written_atomically(path: Path) -> Iterator[Path]:
-    """A hidden path beside `path` to write a file to, moved onto `path` when the block ends (removed if it fails):
-    `path` holds the old file or the complete new one, never a part."""
-    temporary = path.with_name(f".{path.name}.partial")
-    _remove(temporary)
-    try:
-        yield temporary
-        os.replace(temporary, path)
-    finally:
-        _remove(temporary)
-
-
 def save_outputs(output_dir: Path, save: Callable[[Path], None]) -> None:
     """`save(folder)` into a hidden staging folder in `output_dir`, then each entry moved into `output_dir`.
 
@@ -258,16 +233,12 @@ def save_outputs(output_dir: Path, save: Callable[[Path], None]) -> None:
     old one aside, as `.<name>.stale`). `model_index.json` comes last, once every component it names is in place.
     """
     staging = output_dir / ".outputs.partial"
-    _remove(staging)
+    remove_path(staging)
     save(staging)
     for entry in sorted(staging.iterdir(), key=lambda entry: (entry.name == _INDEX_NAME, entry.name)):
         target = output_dir / entry.name
-        if entry.is_dir() and (target.exists() or target.is_symlink()):
-            stale = output_dir / f".{entry.name}.stale"
-            _remove(stale)
-            os.replace(target, stale)
-            os.replace(entry, target)
-            _remove(stale)
+        if entry.is_dir():
+            move_into_place(entry, target)
         else:
             if target.is_dir() and not target.is_symlink():
                 shutil.rmtree(target)

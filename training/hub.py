@@ -17,10 +17,11 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 
 from score_diffusers.export import custom_pipeline_name, export_code
+from score_diffusers.files import written_atomically
 from score_diffusers.pipelines import ScoreGuidedPipeline
 
 from .arguments import config_for_logging
-from .checkpoints import CHECKPOINT_PREFIX, written_atomically
+from .checkpoints import CHECKPOINT_PREFIX
 from .data import ImageBatchDataset
 from .loop import TrainingResult
 from .samples import SAMPLE_GRID_NAME
@@ -131,7 +132,10 @@ def push_to_hub(args: argparse.Namespace, output_dir: Path) -> str:
         repo_id=repo_id,
         folder_path=str(output_dir),
         commit_message="End of training",
-        ignore_patterns=[f"{CHECKPOINT_PREFIX}*", f".{CHECKPOINT_PREFIX}*", f"{CHECKPOINT_PREFIX}*/**"],
+        # Checkpoints, and what an interrupted write left behind (`score_diffusers.files`: `.NAME.partial`,
+        # `.NAME.stale`, the `.outputs.partial` staging folder).
+        ignore_patterns=[f"{CHECKPOINT_PREFIX}*", f".{CHECKPOINT_PREFIX}*", f"{CHECKPOINT_PREFIX}*/**",
+                         ".*.partial", ".*.partial/**", ".*.stale", ".*.stale/**"],
         token=args.hub_token,
     )
     logger.info(f"Uploaded {output_dir} to https://huggingface.co/{repo_id}")

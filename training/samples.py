@@ -13,9 +13,8 @@ from accelerate import Accelerator
 from accelerate.logging import get_logger
 from PIL import Image
 
+from score_diffusers.files import written_atomically
 from score_diffusers.image_grid import image_grid
-
-from .checkpoints import written_atomically
 
 logger = get_logger(__name__, log_level="INFO")
 
