@@ -447,8 +447,9 @@ class ScoreSchedulerCommonTest:
         sample, timesteps = prior_sample(scheduler, FLAT_SHAPE, make_generator(0)), scheduler.timesteps
         model_output = ExactScoreModel(mixture, scheduler)(sample, timesteps[0])
         differing = torch.cat([timesteps[:1].expand(BATCH_SIZE - 1), timesteps[-1:]])
-        with pytest.raises(ValueError, match="`timestep` must be"):
-            scheduler.step(model_output, differing, sample)
+        for bad in (differing, timesteps[:0]):
+            with pytest.raises(ValueError, match="`timestep` must be"):
+                scheduler.step(model_output, bad, sample)
         scheduler.step(model_output, timesteps[:1].expand(BATCH_SIZE), sample)
         assert scheduler.step_index == 1
         if len(timesteps) > 1:

@@ -216,10 +216,11 @@ def check_args(args: argparse.Namespace) -> None:
     if args.resume_from_checkpoint not in (None, "latest"):
         if not Path(args.resume_from_checkpoint).is_dir():
             raise ValueError(f"--resume_from_checkpoint {args.resume_from_checkpoint!r} is not a checkpoint folder.")
-    if args.resume_from_checkpoint is None and list_checkpoints(args.output_dir):
+    earlier_checkpoints = list_checkpoints(args.output_dir) if args.resume_from_checkpoint is None else []
+    if earlier_checkpoints:
         # A new run prunes the checkpoints of runs it does not continue (`prune_checkpoints`): refuse rather than
         # delete another run's good checkpoints at the first save.
-        steps = ", ".join(str(step) for step, _ in list_checkpoints(args.output_dir))
+        steps = ", ".join(str(step) for step, _ in earlier_checkpoints)
         raise ValueError(
             f"--output_dir {args.output_dir} holds the checkpoints of an earlier run (steps {steps}): continue it "
             "with --resume_from_checkpoint latest (or a checkpoint folder), or start this run in another "

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
 import shutil
 from collections.abc import Callable
@@ -236,11 +235,5 @@ def save_outputs(output_dir: Path, save: Callable[[Path], None]) -> None:
     remove_path(staging)
     save(staging)
     for entry in sorted(staging.iterdir(), key=lambda entry: (entry.name == _INDEX_NAME, entry.name)):
-        target = output_dir / entry.name
-        if entry.is_dir():
-            move_into_place(entry, target)
-        else:
-            if target.is_dir() and not target.is_symlink():
-                shutil.rmtree(target)
-            os.replace(entry, target)
+        move_into_place(entry, output_dir / entry.name)
     staging.rmdir()

@@ -386,7 +386,7 @@ class ScoreSchedulerMixin(SchedulerMixin):
             raise ValueError(
                 f"`model_output` must have the shape of `sample` {tuple(sample.shape)}; got {tuple(model_output.shape)}."
             )
-        given = self._single_timestep(timestep, sample.shape[0])
+        given = self._single_timestep(timestep)
         expected = self._timestep_values[index]
         if abs(given - expected) > 1e-4 * max(1.0, abs(expected)):
             raise ValueError(
@@ -407,12 +407,16 @@ class ScoreSchedulerMixin(SchedulerMixin):
         return index
 
     @staticmethod
-    def _single_timestep(timestep: TimeLike, batch_size: int) -> float:
+    def _single_timestep(timestep: TimeLike) -> float:
         """The one value of `timestep`: a number, or a tensor of equal entries (a loop that feeds the model one
-        timestep per sample passes `batch_size` of them, one that doubles the batch for its model twice as many)."""
+        timestep per sample passes one per sample, one that doubles the batch for its model twice as many)."""
         if not torch.is_tensor(timestep):
             return float(timestep)
         values = timestep.detach().flatten()
+        if values.numel() == 0:
+            raise ValueError(
+                "`timestep` must be a number or a tensor of one or more equal entries; got an empty tensor."
+            )
         first = float(values[0])
         if values.numel() > 1 and not bool((values == values[0]).all()):
             raise ValueError(
