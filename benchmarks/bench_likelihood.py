@@ -1,20 +1,23 @@
 """Probability-flow log-likelihoods: accuracy against closed forms, and real versus pixel-shuffled digits.
 
-1. Accuracy and NFE. An 8-dimensional, 4-component Gaussian mixture driven by its exact score under VE
-   (σ_min = 0.01, σ_max = 200), VP and sub-VP (β 0.1 → 20). For several tolerances (rtol = atol), torchdiffeq's
-   dopri5 (the default) beside SciPy's `solve_ivp` RK45, with the exact divergence and with Hutchinson
-   (4 Rademacher probes). The error is in bits/dim against the closed form log p_ε(x) (the mixture perturbed to
-   t = ε); "solver error" swaps the prior for the exact p_1 and so isolates the integration.
+1. Accuracy and NFE. An 8-dimensional, 4-component Gaussian mixture (`--dim`, `--components`) driven by its exact
+   score under VE (σ_min = 0.01, σ_max = 200, `--ve_sigma_max`), VP and sub-VP (β 0.1 → 20). For several tolerances
+   (rtol = atol), torchdiffeq's dopri5 (the default) beside SciPy's `solve_ivp` RK45, and the fixed-grid `"ab4"`
+   on its default log-σ̄ grid, with the exact divergence and with Hutchinson (4 Rademacher probes). The error is in
+   bits/dim against the closed form log p_ε(x) (the mixture perturbed to t = ε); "solver error" swaps the prior for the
+   exact p_1 and so isolates the integration.
 2. A DDPM trained on scikit-learn's digits (16×16, 8-bit, [−1, 1]): bits/dim of test-split images against the
    same images with their pixels shuffled, with uniform dequantisation and score_sde's 8-bit convention. The
    checkpoint is `benchmarks/digits_ddpm.py`'s `get_digits_ddpm()` (trained on all digits, so the test images were
    seen) when that module exists; with `--checkpoint held-out` (or without that module) a `UNet2DModel` of the
    same size is trained here on the train split only (~15 minutes on 2 busy CPU cores), cached in
    `~/.cache/score_diffusers/` (or `$SCORE_DIFFUSERS_CACHE`).
+3. Solvers on that DDPM: the same test digits with the same dequantisation and probe per image under dopri5 and
+   RK45 at 1e-5, dopri5 at 1e-4 and `"ab4"`, against the first: what the cheaper solves give up on a real model.
 
     python benchmarks/bench_likelihood.py            # both parts
     python benchmarks/bench_likelihood.py --quick    # fewer tolerances and images
-    python benchmarks/bench_likelihood.py --part accuracy   # or --part digits
+    python benchmarks/bench_likelihood.py --part accuracy   # or --part digits, --part solvers
 
 Prints markdown tables and saves `benchmarks/results/likelihood_accuracy_vs_nfe.png` (error against NFE per SDE)
 and `benchmarks/results/likelihood_digits_bpd.png` (real versus shuffled bits/dim).
@@ -35,7 +38,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
 from score_diffusers import ProbabilityFlowScheduler, log_likelihood
 from score_diffusers.testing import ExactScoreModel, GaussianMixture
 from score_diffusers.datasets import load_digits_images
-from score_diffusers.likelihood import eight_bit_offset
+from score_diffusers.likelihood import default_ab4_steps, eight_bit_offset
 
 try:
     from machine import machine_description
@@ -71,12 +74,15 @@ class AccuracyRow:
     max_solver_error: float
     stderr: float
     seconds: float
+    max_error_estimate: float  # bits/dim; NaN for the adaptive solvers, which report none
 
 
-def accuracy_rows(rtols: list[float], ve_sigma_max: float = VE_SIGMA_MAX) -> list[AccuracyRow]:
-    mixture = GaussianMixture.random(COMPONENTS, DIM, mean_scale=0.5, generator=torch.Generator().manual_seed(0))
+def accuracy_rows(
+    rtols: list[float], ve_sigma_max: float = VE_SIGMA_MAX, dim: int = DIM, components: int = COMPONENTS
+) -> list[AccuracyRow]:
+    mixture = GaussianMixture.random(components, dim, mean_scale=0.5, generator=torch.Generator().manual_seed(0))
     samples, _ = mixture.sample(NUM_SAMPLES, generator=torch.Generator().manual_seed(1))
-    to_bpd = 1 / (DIM * math.log(2))
+    to_bpd = 1 / (dim * math.log(2))
     rows = []
     for sde_type, kwargs in (("ve", {"sigma_max": ve_sigma_max}), ("vp", {}), ("subvp", {})):
         scheduler = ProbabilityFlowScheduler(sde_type=sde_type, **kwargs)
@@ -89,44 +95,50 @@ def accuracy_rows(rtols: list[float], ve_sigma_max: float = VE_SIGMA_MAX) -> lis
 
         true = mixture.log_prob(samples, *marginal(scheduler.sampling_eps))
         for divergence in ("exact", "hutchinson"):
-            for rtol in rtols:
-                for method in ("dopri5", "RK45"):
-                    start = time.perf_counter()
-                    out = log_likelihood(
-                        model, scheduler, samples, divergence=divergence, num_probes=NUM_PROBES, rtol=rtol,
-                        atol=rtol, method=method, dtype=torch.float64, generator=torch.Generator().manual_seed(2),
-                        show_progress=False,
+            # "ab4" runs on its default grid, whatever the tolerance (NaN in the rtol column).
+            for rtol, method in [(r, m) for r in rtols for m in ("dopri5", "RK45")] + [(math.nan, "ab4")]:
+                start = time.perf_counter()
+                out = log_likelihood(
+                    model, scheduler, samples, divergence=divergence, num_probes=NUM_PROBES, method=method,
+                    dtype=torch.float64, generator=torch.Generator().manual_seed(2), show_progress=False,
+                    **({} if method == "ab4" else {"rtol": rtol, "atol": rtol}),
+                )
+                seconds = time.perf_counter() - start
+                error = (out.log_likelihood - true) * to_bpd
+                prior_gap = out.prior_log_prob - mixture.log_prob(out.latent, *marginal(1.0))
+                solver_error = (out.log_likelihood - prior_gap - true) * to_bpd
+                rows.append(
+                    AccuracyRow(
+                        sde_type, divergence, rtol, method, out.nfe, float(error.abs().mean()),
+                        float(error.abs().max()), float(solver_error.abs().mean()), float(solver_error.abs().max()),
+                        float(out.log_likelihood_stderr.mean() * to_bpd), seconds,
+                        float(out.error_estimate.max() * to_bpd),
                     )
-                    seconds = time.perf_counter() - start
-                    error = (out.log_likelihood - true) * to_bpd
-                    prior_gap = out.prior_log_prob - mixture.log_prob(out.latent, *marginal(1.0))
-                    solver_error = (out.log_likelihood - prior_gap - true) * to_bpd
-                    rows.append(
-                        AccuracyRow(
-                            sde_type, divergence, rtol, method, out.nfe, float(error.abs().mean()),
-                            float(error.abs().max()), float(solver_error.abs().mean()), float(solver_error.abs().max()),
-                            float(out.log_likelihood_stderr.mean() * to_bpd), seconds,
-                        )
-                    )
-                    print(f"  {sde_type:5s} {divergence:10s} rtol {rtol:.0e} {method:6s} NFE {out.nfe:4d} "
-                          f"{seconds:5.1f}s", flush=True)
+                )
+                print(f"  {sde_type:5s} {divergence:10s} rtol {rtol:5.0e} {method:6s} NFE {out.nfe:4d} "
+                      f"{seconds:5.1f}s", flush=True)
     return rows
 
 
-def print_accuracy(rows: list[AccuracyRow]) -> None:
+SOLVER_NAMES = {"dopri5": "torchdiffeq dopri5", "RK45": "SciPy RK45", "ab4": "ab4 (log σ̄, default grid)"}
+
+
+def print_accuracy(rows: list[AccuracyRow], dim: int = DIM, components: int = COMPONENTS) -> None:
     print(
-        f"\n{DIM}-D, {COMPONENTS}-component mixture, {NUM_SAMPLES} points, exact score, float64; "
+        f"\n{dim}-D, {components}-component mixture, {NUM_SAMPLES} points, exact score, float64; "
         f"errors in bits/dim against log p_ε. Hutchinson uses {NUM_PROBES} Rademacher probes.\n"
     )
     print("| SDE | divergence | rtol = atol | solver | NFE | mean abs error | max abs error | "
-          "solver error (exact p_1), mean | max | Hutchinson SE | seconds |")
-    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
+          "solver error (exact p_1), mean | max | max error estimate | Hutchinson SE | seconds |")
+    print("|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        solver = "torchdiffeq dopri5" if r.method == "dopri5" else "SciPy RK45"
         stderr = f"{r.stderr:.4f}" if r.divergence == "hutchinson" else "0"
+        rtol = "—" if math.isnan(r.rtol) else f"{r.rtol:.0e}"
+        estimate = "—" if math.isnan(r.max_error_estimate) else f"{r.max_error_estimate:.2e}"
         print(
-            f"| {r.sde} | {r.divergence} | {r.rtol:.0e} | {solver} | {r.nfe} | {r.mean_error:.2e} | "
-            f"{r.max_error:.2e} | {r.solver_error:.2e} | {r.max_solver_error:.2e} | {stderr} | {r.seconds:.1f} |"
+            f"| {r.sde} | {r.divergence} | {rtol} | {SOLVER_NAMES[r.method]} | {r.nfe} | {r.mean_error:.2e} | "
+            f"{r.max_error:.2e} | {r.solver_error:.2e} | {r.max_solver_error:.2e} | {estimate} | {stderr} | "
+            f"{r.seconds:.1f} |"
         )
 
 
@@ -135,17 +147,16 @@ def plot_accuracy(rows: list[AccuracyRow], path: Path) -> None:
     plt = pyplot()
     sdes = list(dict.fromkeys(r.sde for r in rows))
     figure, axes = plt.subplots(1, len(sdes), figsize=(5 * len(sdes), 4.2), squeeze=False)
-    colors = {"dopri5": "tab:blue", "RK45": "tab:orange"}
-    solvers = {"dopri5": "torchdiffeq dopri5", "RK45": "SciPy RK45"}
+    colors = {"dopri5": "tab:blue", "RK45": "tab:orange", "ab4": "tab:green"}
     for axis, sde in zip(axes[0], sdes):
-        for method in ("dopri5", "RK45"):
+        for method in SOLVER_NAMES:
             for divergence, style in (("exact", "-"), ("hutchinson", "--")):
                 points = sorted(
                     (r.nfe, r.mean_error) for r in rows if (r.sde, r.method, r.divergence) == (sde, method, divergence)
                 )
                 if points:
                     axis.plot(*zip(*points), marker="o", linestyle=style, color=colors[method],
-                              label=f"{solvers[method]}, {divergence} divergence")
+                              label=f"{SOLVER_NAMES[method]}, {divergence} divergence")
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("model evaluations (NFE)")
@@ -255,6 +266,47 @@ def digits_comparison(num_images: int, checkpoint: str, train_steps: int, rtol: 
     plot_digits(real, fake, RESULTS / "likelihood_digits_bpd.png")
 
 
+def solver_agreement(num_images: int, checkpoint: str, train_steps: int) -> None:
+    """Bits/dim of the same test digits by several solvers, each image with the same dequantisation and probe in
+    every row (its own generator), against dopri5 at rtol = atol = 1e-5: the solvers' disagreement on a real model."""
+    unet, ddpm_scheduler, source = load_digits_ddpm(checkpoint, train_steps)
+    unet.eval().requires_grad_(False)
+    scheduler = ProbabilityFlowScheduler.from_config(ddpm_scheduler.config)
+    images = load_digits_images(DIGITS_RESOLUTION, split="test")[0][:num_images]
+    default_steps = default_ab4_steps(scheduler.convention)
+    solvers = {
+        "dopri5, rtol = atol = 1e-5 (reference)": {"method": "dopri5", "rtol": 1e-5, "atol": 1e-5},
+        "SciPy RK45, 1e-5": {"method": "RK45", "rtol": 1e-5, "atol": 1e-5},
+        "dopri5, 1e-4": {"method": "dopri5", "rtol": 1e-4, "atol": 1e-4},
+        f"ab4, default grid ({default_steps} steps)": {"method": "ab4"},
+        f"ab4, {2 * default_steps} steps": {"method": "ab4", "num_steps": 2 * default_steps},
+    }
+    print(
+        f"\nDigits DDPM ({source}), the first {num_images} test images; uniform dequantisation, Hutchinson (1 "
+        "Rademacher probe), both drawn per image from its own seed, the same in every row; float64 integration. "
+        "Difference in bits/dim against the first row, mean ± standard error and largest over the images.\n"
+    )
+    print("| solver | NFE | seconds | mean bits/dim | difference | max abs difference |")
+    print("|---|---:|---:|---:|---:|---:|")
+    reference = None
+    for name, kwargs in solvers.items():
+        start = time.perf_counter()
+        out = log_likelihood(
+            unet, scheduler, images, data_range=DIGITS_RANGE, dequantize=True, divergence="hutchinson", num_probes=1,
+            dtype=torch.float64, generator=[torch.Generator().manual_seed(i) for i in range(num_images)],
+            show_progress=False, **kwargs,
+        )
+        seconds = time.perf_counter() - start
+        bpd = out.bits_per_dim.double()
+        reference = bpd if reference is None else reference
+        difference = bpd - reference
+        print(
+            f"| {name} | {out.nfe} | {seconds:.0f} | {float(bpd.mean()):.4f} | {float(difference.mean()):+.1e} ± "
+            f"{float(difference.std() / math.sqrt(num_images)):.1e} | {float(difference.abs().max()):.1e} |",
+            flush=True,
+        )
+
+
 def plot_digits(real: torch.Tensor, fake: torch.Tensor, path: Path) -> None:
     """Histograms of the real and pixel-shuffled bits/dim, and each real image against its shuffled copy."""
     plt = pyplot()
@@ -285,20 +337,25 @@ def main() -> None:
         "--checkpoint", choices=("shared", "held-out"), default="shared",
         help="digits DDPM: benchmarks/digits_ddpm.py's (all digits) or this script's (train split only)",
     )
-    parser.add_argument("--part", choices=("all", "accuracy", "digits"), default="all", help="which part to run")
+    parser.add_argument("--part", choices=("all", "accuracy", "digits", "solvers"), default="all",
+                        help="which part to run")
     parser.add_argument("--rtols", type=float, nargs="+", default=None, help="tolerances of the accuracy part")
     parser.add_argument("--ve_sigma_max", type=float, default=VE_SIGMA_MAX, help="σ_max of the VE rows")
+    parser.add_argument("--dim", type=int, default=DIM, help="dimension of the accuracy part's mixture")
+    parser.add_argument("--components", type=int, default=COMPONENTS, help="components of that mixture")
     args = parser.parse_args()
     print(machine_description(), flush=True)
     if args.part in ("all", "accuracy"):
         rtols = args.rtols or ([1e-3, 1e-5] if args.quick else [1e-3, 1e-4, 1e-5, 1e-6])
-        rows = accuracy_rows(rtols, args.ve_sigma_max)
-        print_accuracy(rows)
+        rows = accuracy_rows(rtols, args.ve_sigma_max, args.dim, args.components)
+        print_accuracy(rows, args.dim, args.components)
         plot_accuracy(rows, RESULTS / "likelihood_accuracy_vs_nfe.png")
     if args.part in ("all", "digits"):
         digits_comparison(
             num_images=16 if args.quick else 64, checkpoint=args.checkpoint, train_steps=args.train_steps, rtol=1e-4
         )
+    if args.part in ("all", "solvers"):
+        solver_agreement(num_images=8 if args.quick else 32, checkpoint=args.checkpoint, train_steps=args.train_steps)
 
 
 if __name__ == "__main__":

@@ -901,7 +901,8 @@ def build_parser() -> argparse.ArgumentParser:
     likelihood.add_argument("--rtol", type=_positive_float, default=1e-5, help="relative tolerance (adaptive methods)")
     likelihood.add_argument("--atol", type=_positive_float, default=1e-5, help="absolute tolerance (adaptive methods)")
     likelihood.add_argument("--num_steps", type=_positive_int, default=None,
-                            help="steps of a fixed-grid method (euler, midpoint, rk4)")
+                            help="steps of a fixed-grid method (euler, midpoint, rk4; ab4 defaults to 6 per unit of "
+                                 "log sigma)")
     likelihood.add_argument("--dequantize", action=argparse.BooleanOptionalAction, default=True,
                             help="uniform dequantisation (k + u)/256 of the 8-bit levels")
     likelihood.add_argument("--dtype", choices=tuple(DTYPES), default="float32", help="dtype of the integration")

@@ -326,6 +326,12 @@ def test_likelihood_prints_bits_per_dim_per_image_and_the_mean(converted_folder,
     lines = capsys.readouterr().out.strip().splitlines()
     assert "stderr" in lines[0] and len(lines[1].split()) == 3
 
+    # The log-σ̄ Adams–Bashforth mode through the command line: 3 RK4 steps (12 evaluations), then 1 per step.
+    argv = ["likelihood", str(tmp_path / "images"), "--pipeline", str(converted_folder), "--quiet"]
+    assert main([*argv, "--method", "ab4", "--num_steps", "5"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert all(np.isfinite(float(line.split()[1])) for line in lines[1:5]) and "14 evaluations" in lines[-1]
+
 
 def test_likelihood_refuses_the_wrong_image_size_unless_resized(ddpm_folder, tmp_path, capsys):
     write_images(tmp_path / "big", 2, size=2 * IMAGE_SIZE, mode="RGB")

@@ -21,9 +21,11 @@ from score_diffusers.sde import VESDE, VPSDE
 from score_diffusers.testing import ExactScoreModel, GaussianMixture
 from score_diffusers.checks import SamplingError
 from score_diffusers.likelihood import (
+    LOG_SIGMA_METHODS,
     METHODS,
     TORCHDIFFEQ_FIXED_METHODS,
     decode,
+    default_ab4_steps,
     dequantized_log_likelihood,
     eight_bit_offset,
     encode,
@@ -116,6 +118,62 @@ def test_single_probe_reports_unknown_standard_error():
     _, scheduler, model, samples = _setup("vp")
     out = log_likelihood(model, scheduler, samples[:4], num_probes=1, method="rk4", num_steps=4, show_progress=False)
     assert bool(out.log_likelihood_stderr.isnan().all()) and bool(torch.isfinite(out.log_likelihood).all())
+
+
+@pytest.mark.parametrize("sde_type", ["ve", "vp", "subvp"])
+def test_ab4_in_log_sigma_matches_closed_form_at_its_default_steps_within_its_error_estimate(sde_type):
+    """The fixed-grid Adams–Bashforth mode: one evaluation per step, within the solver tolerance of the closed form at
+    its default steps (6 per unit of log σ̄), its error estimate above the actual error; other methods estimate none."""
+    mixture, scheduler, model, samples = _setup(sde_type)
+    out = _exact(model, scheduler, samples, method="ab4")
+    # Three RK4 steps start it (four evaluations each), then one evaluation per step.
+    assert out.nfe == default_ab4_steps(scheduler.convention) + 9
+    true = mixture.log_prob(samples, *_marginal(scheduler, scheduler.sampling_eps))
+    prior_gap = out.prior_log_prob - mixture.log_prob(out.latent, *_marginal(scheduler, 1.0))
+    error = (out.log_likelihood - prior_gap - true).abs()
+    assert _to_bpd(error).max() < SOLVER_BPD_TOLERANCE
+    assert bool((out.error_estimate >= error).all())
+    # The latent is the end of the same trajectory as the adaptive solve's (to 1%: the prior's density barely
+    # depends on it, so the error estimate leaves it out).
+    torch.testing.assert_close(out.latent, _exact(model, scheduler, samples).latent, rtol=1e-2, atol=1e-3)
+    assert bool(_exact(model, scheduler, samples[:2]).error_estimate.isnan().all())
+    # Fewer than four steps are all Runge–Kutta.
+    assert _exact(model, scheduler, samples[:2], method="ab4", num_steps=2).nfe == 8
+
+
+@pytest.mark.parametrize("sde_type", ["ve", "subvp"])
+def test_ab4_converges_at_fourth_order(sde_type):
+    """Doubling the steps divides the solver error by about 2⁴ = 16 (more than 8, a third order's)."""
+    mixture, scheduler, model, samples = _setup(sde_type)
+    samples = samples[:8]
+    true = mixture.log_prob(samples, *_marginal(scheduler, scheduler.sampling_eps))
+
+    def solver_error(num_steps: int) -> float:
+        out = _exact(model, scheduler, samples, method="ab4", num_steps=num_steps)
+        prior_gap = out.prior_log_prob - mixture.log_prob(out.latent, *_marginal(scheduler, 1.0))
+        return float((out.log_likelihood - prior_gap - true).abs().mean())
+
+    coarse, fine = solver_error(40), solver_error(80)
+    assert coarse / fine > 10, (coarse, fine)
+
+
+def test_ab4_answers_do_not_depend_on_the_batch():
+    """Each sample has its own state scale on one fixed grid: its answer is the same alone or in any chunk."""
+    _, scheduler, model, samples = _setup("ve")
+    kwargs = dict(method="ab4", num_steps=12, num_probes=2, dtype=torch.float64, show_progress=False)
+    whole = log_likelihood(model, scheduler, samples[:6], generator=torch.Generator().manual_seed(3), **kwargs)
+    chunks = log_likelihood(
+        model, scheduler, samples[:6], generator=torch.Generator().manual_seed(3), batch_size=4, **kwargs
+    )
+    torch.testing.assert_close(chunks.log_likelihood, whole.log_likelihood, rtol=0, atol=1e-10)
+    torch.testing.assert_close(chunks.error_estimate, whole.error_estimate, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("function", [encode, decode])
+def test_encode_and_decode_refuse_the_likelihoods_own_method(function):
+    _, scheduler, model, samples = _setup("vp")
+    with pytest.raises(ValueError, match="takes the methods 'dopri5'.*'ab4' scales the state"):
+        function(model, scheduler, samples[:2], method="ab4", show_progress=False)
 
 
 def test_scipy_rk45_agrees_with_dopri5():
@@ -432,7 +490,7 @@ def test_a_model_that_turns_nan_mid_solve_is_a_sampling_error_for_every_method(k
         model = _FailingModel(ExactScoreModel(mixture, convention), calls=6, fault=fault)
         with pytest.raises(SamplingError, match=match):
             log_likelihood(model, convention, samples, **kwargs)
-    for function in (encode, decode):
+    for function in (encode, decode) if method not in LOG_SIGMA_METHODS else ():
         with pytest.raises(SamplingError, match="`model` returned NaN or infinite values"):
             function(_FailingModel(ExactScoreModel(mixture, convention), calls=6), convention, samples, **kwargs)
 
