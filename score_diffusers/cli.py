@@ -50,7 +50,7 @@ from .distributed import Processes, batches
 from .export import export_code
 from .files import remove_path, written_atomically
 from .image_grid import GRID_MIN_WIDTH, image_grid
-from .likelihood import DIVERGENCES, METHODS, PROBES
+from .likelihood import DIVERGENCES, LOG_SIGMA_METHODS, METHODS, PROBES
 from .models import NoiseConditionalClassifier
 from .pipelines import ScoreGuidedPipeline, ScoreImg2ImgPipeline, ScoreInpaintPipeline
 from .pipelines.pipeline_score_inverse import DEFAULT_NUM_PARTICLES, INVERSE_METHODS
@@ -612,7 +612,7 @@ def run_likelihood(args: argparse.Namespace) -> int:
     device = args.device or str(processes.default_device())
     pipe = load_pipeline(args.pipeline, KEEP, device=device, show_progress=not args.quiet and processes.is_main)
     mine = [index for chunk in processes.share(batches(len(files), args.batch_size)) for index in chunk]
-    rows: dict[int, tuple[float, float]] = {}
+    rows: dict[int, tuple[float, float, float]] = {}  # bits/dim, its stderr, the error estimate
     nfe = 0
     processes.join()
     if mine:
@@ -636,9 +636,11 @@ def run_likelihood(args: argparse.Namespace) -> int:
             show_progress=not args.quiet and processes.is_main,
         )
         bits_per_dim = result.bits_per_dim.double().cpu()
-        # The Hutchinson standard error, converted from nats per image to bits per dimension.
-        stderr = result.log_likelihood_stderr.double().cpu() / (result.latent[0].numel() * math.log(2))
-        rows = dict(zip(mine, zip(bits_per_dim.tolist(), stderr.tolist())))
+        # The Hutchinson standard error and the solver's error estimate (NaN but for ab4), from nats to bits/dim.
+        nats_to_bpd = 1 / (result.latent[0].numel() * math.log(2))
+        stderr = result.log_likelihood_stderr.double().cpu() * nats_to_bpd
+        error_estimate = result.error_estimate.double().cpu() * nats_to_bpd
+        rows = dict(zip(mine, zip(bits_per_dim.tolist(), stderr.tolist(), error_estimate.tolist())))
         nfe = result.nfe
     gathered = processes.gather((rows, nfe))
     if gathered is None:
@@ -649,11 +651,14 @@ def run_likelihood(args: argparse.Namespace) -> int:
     width = max(len("file"), len("mean"), *(len(path.name) for path in files))
     print(f"{'file':<{width}}  {'bits/dim':>10}" + (f"  {'± stderr':>10}" if with_stderr else ""))
     for index, path in enumerate(files):
-        bpd, error = rows[index]
+        bpd, error, _ = rows[index]
         print(f"{path.name:<{width}}  {bpd:>10.4f}" + (f"  {error:>10.4f}" if with_stderr else ""))
-    print(f"{'mean':<{width}}  {math.fsum(bpd for bpd, _ in rows.values()) / len(files):>10.4f}")
+    print(f"{'mean':<{width}}  {math.fsum(row[0] for row in rows.values()) / len(files):>10.4f}")
+    if args.method in LOG_SIGMA_METHODS:
+        print(f"Largest solver error estimate: {max(row[2] for row in rows.values()):.2g} bits/dim (a bound from the "
+              "summed local errors, far above the actual error on tested models).")
     if csv_path is not None:
-        _save_csv_atomically(csv_path, ["file", "bits_per_dim", "stderr"],
+        _save_csv_atomically(csv_path, ["file", "bits_per_dim", "stderr", "error_estimate"],
                              [[path.name, *rows[index]] for index, path in enumerate(files)])
         print(f"Wrote {csv_path}")
     per_process = [count for _, count in gathered]
@@ -910,7 +915,8 @@ def build_parser() -> argparse.ArgumentParser:
                             help="images per ODE solve (a chunk), per process")
     likelihood.add_argument("--resize", action="store_true", help="resize images to the unet's resolution")
     likelihood.add_argument("--csv", default=None, metavar="PATH",
-                            help="also write file, bits_per_dim and stderr of every image (all digits) to this .csv")
+                            help="also write file, bits_per_dim, stderr and error_estimate (ab4 only) of every image "
+                                 "(all digits) to this .csv")
     _add_common_arguments(likelihood, "dequantisation noise and probes of image i use seed + i")
 
     def add_conditional_arguments(parser: argparse.ArgumentParser) -> None:

@@ -331,6 +331,7 @@ def test_likelihood_prints_bits_per_dim_per_image_and_the_mean(converted_folder,
     assert main([*argv, "--method", "ab4", "--num_steps", "5"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert all(np.isfinite(float(line.split()[1])) for line in lines[1:5]) and "14 evaluations" in lines[-1]
+    assert lines[-2].startswith("Largest solver error estimate: ")
 
 
 def test_likelihood_refuses_the_wrong_image_size_unless_resized(ddpm_folder, tmp_path, capsys):
