@@ -655,8 +655,8 @@ def run_likelihood(args: argparse.Namespace) -> int:
         print(f"{path.name:<{width}}  {bpd:>10.4f}" + (f"  {error:>10.4f}" if with_stderr else ""))
     print(f"{'mean':<{width}}  {math.fsum(row[0] for row in rows.values()) / len(files):>10.4f}")
     if args.method in LOG_SIGMA_METHODS:
-        print(f"Largest solver error estimate: {max(row[2] for row in rows.values()):.2g} bits/dim (a bound from the "
-              "summed local errors, far above the actual error on tested models).")
+        print(f"Largest solver error estimate: {max(row[2] for row in rows.values()):.2g} bits/dim (the summed local "
+              "error estimates: an order of magnitude, not a bound).")
     if csv_path is not None:
         _save_csv_atomically(csv_path, ["file", "bits_per_dim", "stderr", "error_estimate"],
                              [[path.name, *rows[index]] for index, path in enumerate(files)])

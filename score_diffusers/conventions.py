@@ -346,6 +346,11 @@ class ModelConvention:
             return self.sde.time_from_noise_to_signal(timestep)
         return 1 - timestep / self._discrete_scale() if self.sde_type == "ve" else timestep / self._discrete_scale()
 
+    def noise_to_signal_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(σ̄_ε, σ̄_T), σ̄ = σ_t/α_t at the last sampling time and at the SDE's end (float64 scalars)."""
+        sde = self.sde
+        return tuple(sde.noise_to_signal(torch.tensor(t, dtype=torch.float64)) for t in (self.sampling_eps, sde.T))
+
     def time_grid(self, num_points: int, spacing: TimeSpacing = "log_sigma") -> torch.Tensor:
         """`num_points` times from T down to ε (float64, decreasing): `"uniform"` in t, `"log_sigma"` uniform in
         log σ̄, or `"karras"` (σ̄ spaced with ρ = 7, Karras et al., 2022), σ̄ = σ_t/α_t. The ends are exact."""
@@ -354,8 +359,7 @@ class ModelConvention:
         sde, eps = self.sde, self.sampling_eps
         if spacing == "uniform" or num_points == 1:
             return torch.linspace(sde.T, eps, num_points, dtype=torch.float64)
-        ratio_max = sde.noise_to_signal(torch.tensor(sde.T, dtype=torch.float64))
-        ratio_min = sde.noise_to_signal(torch.tensor(eps, dtype=torch.float64))
+        ratio_min, ratio_max = self.noise_to_signal_range()
         fractions = torch.linspace(0, 1, num_points, dtype=torch.float64)
         if spacing == "log_sigma":
             ratios = torch.exp(ratio_max.log() + fractions * (ratio_min.log() - ratio_max.log()))

@@ -48,9 +48,10 @@ ConventionLike = Any
 
 Divergence = Literal["exact", "hutchinson"]
 Probe = Literal["rademacher", "gaussian"]
-Method = Literal[
-    "dopri5", "dopri8", "bosh3", "adaptive_heun", "euler", "midpoint", "rk4", "RK45", "RK23", "DOP853", "ab4"
+TransportMethod = Literal[
+    "dopri5", "dopri8", "bosh3", "adaptive_heun", "euler", "midpoint", "rk4", "RK45", "RK23", "DOP853"
 ]
+Method = TransportMethod | Literal["ab4"]
 GeneratorLike = torch.Generator | list[torch.Generator] | None
 
 DIVERGENCES: tuple[str, ...] = ("exact", "hutchinson")
@@ -64,18 +65,19 @@ SCIPY_METHODS: tuple[str, ...] = ("RK45", "RK23", "DOP853")
 LOG_SIGMA_METHODS: tuple[str, ...] = ("ab4",)
 FIXED_GRID_METHODS: tuple[str, ...] = TORCHDIFFEQ_FIXED_METHODS + LOG_SIGMA_METHODS
 METHODS: tuple[str, ...] = TORCHDIFFEQ_ADAPTIVE_METHODS + FIXED_GRID_METHODS + SCIPY_METHODS
-# Steps of `"ab4"` per unit of log σ̄ when `num_steps` is not given, so the grid's density, not its count, is fixed:
-# 52 steps (61 evaluations) for VE σ 0.01..50, 58 (67) for VP, 85 (94) for sub-VP, whose σ̄_ε is 1e-4. On the
-# exact-score mixtures of the tests and of `benchmarks/bench_likelihood.py` it keeps every sample within 1e-3
-# bits/dim of the closed form, and on a digits DDPM within 2e-3 of dopri5 at rtol = atol = 1e-5 (README).
+# What `encode` and `decode` take: every method but the likelihood's own log-σ̄ ones.
+TRANSPORT_METHODS: tuple[str, ...] = tuple(m for m in METHODS if m not in LOG_SIGMA_METHODS)
+# Steps of `"ab4"` per unit of log σ̄ when `num_steps` is not given, so the grid's density, not its count, is fixed
+# and the cost follows the SDE's range of σ̄ (`default_ab4_steps`). Chosen by `benchmarks/bench_likelihood.py` (the
+# README's likelihood tables): the density at which the exact-score mixtures stay within 1e-3 bits/dim per sample.
 AB4_STEPS_PER_LOG_SIGMA = 6
-# Adams–Bashforth weights of orders 3–5 on a uniform grid, newest derivative first: y_{n+1} = y_n + h Σ_j b_j f_{n−j}.
-_ADAMS_BASHFORTH = {
-    3: (23 / 12, -16 / 12, 5 / 12),
-    4: (55 / 24, -59 / 24, 37 / 24, -9 / 24),
-    5: (1901 / 720, -2774 / 720, 2616 / 720, -1274 / 720, 251 / 720),
-}
-_ADAMS_BASHFORTH_ORDER = 4
+# Adams–Bashforth weights on a uniform grid, newest derivative first: y_{n+1} = y_n + h Σ_j b_j f_{n−j}. The solver
+# steps with order 4; orders 3 and 5 on the same derivatives estimate its local error.
+_AB3 = (23 / 12, -16 / 12, 5 / 12)
+_AB4 = (55 / 24, -59 / 24, 37 / 24, -9 / 24)
+_AB5 = (1901 / 720, -2774 / 720, 2616 / 720, -1274 / 720, 251 / 720)
+# Simpson's 3/8 rule over three steps, from the four grid derivatives: checks the Runge–Kutta start.
+_THREE_EIGHTHS = (1 / 8, 3 / 8, 3 / 8, 1 / 8)
 
 # 8-bit image data has 256 intensity levels; an integer level k is dequantised to (k + u)/256, u ~ U[0, 1).
 EIGHT_BIT_LEVELS = 256
@@ -132,10 +134,11 @@ class LikelihoodOutput(BaseOutput):
             log p_1(x_1) under the SDE's prior; `log_likelihood − prior_log_prob` is ∫ ∇·F dt.
         dequantization (`str`): the dequantisation convention of `bits_per_dim`: `"none"`, `"uniform"` or
             `"truncated_normal(std=… bins)"`.
-        error_estimate (`torch.Tensor` of shape `(batch,)`): for `method="ab4"`, the local error estimates of the
-            log-density integral summed over the Adams steps (nats; divide by D ln 2 for bits/dim): above the actual
-            error on the benchmarks' mixtures and digits DDPM, by 7–150×, so a flag, not a measurement; NaN for the
-            other methods, whose adaptive steps hold their local errors to `rtol`/`atol` instead.
+        error_estimate (`torch.Tensor` of shape `(batch,)`): for `method="ab4"` with 4 steps or more, the local
+            error estimates of the log-density integral summed over the steps (nats; divide by D ln 2 for bits/dim;
+            the mean over the probes): an order of magnitude, not a bound (the README compares it with the actual
+            error). NaN for the other methods: the adaptive ones hold each step's local error to `rtol`/`atol`
+            instead, torchdiffeq's fixed-grid ones estimate nothing.
     """
 
     log_likelihood: torch.Tensor
@@ -157,12 +160,15 @@ class DequantizedLikelihoodOutput(BaseOutput):
         bits_per_dim_per_draw (`torch.Tensor` of shape `(batch, K)`): each draw's own bound (`log_likelihood`'s).
         nfe (`int`): evaluations of the ODE's right-hand side for all K × batch solves.
         dequantization (`str`): the convention, e.g. `"importance_weighted(K=10, truncated_normal(std=1.3 bins))"`.
+        error_estimate (`torch.Tensor` of shape `(batch, K)`): each draw's `LikelihoodOutput.error_estimate`
+            (nats; NaN but for `method="ab4"`).
     """
 
     bits_per_dim: torch.Tensor
     bits_per_dim_per_draw: torch.Tensor
     nfe: int
     dequantization: str
+    error_estimate: torch.Tensor | None = None
 
 
 @dataclass
@@ -241,6 +247,11 @@ class _ProbabilityFlow:
         """The drift at `x` of shape `(batch, *dims)` and time `t`, shape and dtype of `x`."""
         return self.drift(x, t, self.score(x, t))
 
+    @staticmethod
+    def time(t: float) -> float:
+        """The time of the time variable: t itself (`_LogSigmaFlow` integrates in ρ = log σ̄ instead)."""
+        return t
+
     def score_and_drift(self, x: torch.Tensor, t: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The score at `x` and the drift it gives, both of the shape and dtype of `x`."""
         score = self.score(x, t)
@@ -285,10 +296,8 @@ class _LogSigmaFlow:
     def __init__(self, flow: _ProbabilityFlow, data_scale: torch.Tensor):
         self.flow = flow
         self.data_scale = data_scale  # (batch, 1)
-        sde, eps = flow.convention.sde, flow.convention.sampling_eps
-        self.t_span = (eps, float(sde.T))
-        self.span = tuple(math.log(float(sde.noise_to_signal(torch.tensor(t, dtype=torch.float64))))
-                          for t in self.t_span)
+        self.t_span = _time_span(flow.convention)
+        self.span = tuple(math.log(float(ratio)) for ratio in flow.convention.noise_to_signal_range())
 
     def for_rows(self, rows: slice) -> _LogSigmaFlow:
         """The flow of the samples `rows` of the batch."""
@@ -300,33 +309,33 @@ class _LogSigmaFlow:
         t = float(self.flow.convention.sde.time_from_noise_to_signal(ratio))
         return min(max(t, self.t_span[0]), self.t_span[1])
 
+    def _coefficients(self, rho: float, t: float) -> tuple[float, torch.Tensor]:
+        """α_t and c = √(s² + σ̄²) of shape `(batch, 1)` at ρ = `rho`, t = `time(rho)`."""
+        alpha = float(self.flow.convention.sde.mean_coeff(torch.tensor(t, dtype=torch.float64)))
+        return alpha, (self.data_scale.pow(2) + math.exp(2 * rho)).sqrt()
+
     def state_scale(self, rho: float) -> torch.Tensor:
         """α_t·c of shape `(batch, 1)`: x = α_t·c·w."""
-        alpha = float(self.flow.convention.sde.mean_coeff(torch.tensor(self.time(rho), dtype=torch.float64)))
-        return alpha * (self.data_scale.pow(2) + math.exp(2 * rho)).sqrt()
+        alpha, c = self._coefficients(rho, self.time(rho))
+        return alpha * c
 
     def score_and_drift(self, w: torch.Tensor, rho: float) -> tuple[torch.Tensor, torch.Tensor]:
         """The score at x = α_t·c·w and dw/dρ, both of shape `(batch, *dims)`."""
         t = self.time(rho)
-        alpha = float(self.flow.convention.sde.mean_coeff(torch.tensor(t, dtype=torch.float64)))
-        c = append_dims((self.data_scale.pow(2) + math.exp(2 * rho)).sqrt().reshape(-1), w.ndim)
+        alpha, c = self._coefficients(rho, t)
+        c = append_dims(c.reshape(-1), w.ndim)
         score = self.flow.score(alpha * c * w, t)
         return score, _finite_drift(-(math.exp(2 * rho) / c.pow(2)) * (w + c * alpha * score), t)
 
 
 def _drift_and_divergence(
-    score_and_drift: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
-    x: torch.Tensor,
-    t: float,
-    probes: torch.Tensor | None,
+    flow: _ProbabilityFlow | _LogSigmaFlow, x: torch.Tensor, tau: float, probes: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """A drift F(x) and its divergence, without keeping the autograd graph.
+    """A flow's drift F(x) at its time variable `tau` (t, or ρ = log σ̄) and its divergence, without keeping the
+    autograd graph.
 
     Args:
-        score_and_drift (`Callable`): x ↦ (the model's score, F(x)), differentiable in x (a flow's
-            `score_and_drift` at a fixed time).
-        x (`torch.Tensor` of shape `(batch, *dims)`): where to evaluate.
-        t (`float`): the time of the evaluation, for messages.
+        x (`torch.Tensor` of shape `(batch, *dims)`): where to evaluate (x, or the scaled state w).
         probes (`torch.Tensor` of shape `(batch, P, D)`, *optional*): Hutchinson probes v; `None` for the exact
             divergence Σ_i ∂F_i/∂x_i.
 
@@ -337,7 +346,7 @@ def _drift_and_divergence(
     batch = x.shape[0]
     with torch.enable_grad():
         x = x.detach().requires_grad_(True)
-        score, drift = score_and_drift(x)
+        score, drift = flow.score_and_drift(x, tau)
         if not score.requires_grad:
             raise ValueError(
                 "The divergence needs a model output that is differentiable with respect to its input; the model "
@@ -364,7 +373,7 @@ def _drift_and_divergence(
             divergence = torch.stack(estimates, dim=1)
     if not all_finite(divergence):
         raise SamplingError(
-            f"the divergence of the drift is NaN or infinite at t = {t:.6g}: the model's derivative with respect to "
+            f"the divergence of the drift is NaN or infinite at t = {flow.time(tau):.6g}: the model's derivative with respect to "
             "its input is not finite, though its output was; the solve stopped."
         )
     return drift.detach(), divergence.detach()
@@ -433,31 +442,37 @@ def _adams_bashforth(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fourth-order Adams–Bashforth on `num_steps` uniform steps over `t_span`, started by classical Runge–Kutta.
 
-    y_{n+1} = y_n + h·Σ_j b_j·f_{n−j} with the order-4 weights, one evaluation per step once three derivatives are
+    y_{n+1} = y_n + h·Σ_j b_j·f_{n−j} with the order-4 weights, one evaluation per step once four derivatives are
     known; the first three steps are RK4 (four evaluations each), so the start keeps fourth order (an Euler start
-    would leave a second-order error where the flow of image data moves fast, at σ̄_ε). NFE = `num_steps` + 9 (all
-    RK4 for fewer than four steps). Returns y at the end and, per component, Σ_n |h·Σ_j (b_j − b̂_j)·f_{n−j}|: the
-    local error of each Adams step estimated against the order-5 weights b̂ on the same derivatives (against
-    order 3 while the history is short), summed over the Adams steps; of the shape of `y0`.
+    would leave a second-order error where the flow of image data moves fast, at σ̄_ε). NFE: 4·`num_steps` up to 3
+    steps, `num_steps` + 9 from 4.
+
+    Returns y at the end and, per component, an error estimate of the shape of `y0`: the start's |y_3 − y_0 −
+    3h·Σ (1, 3, 3, 1)/8·f| against Simpson's 3/8 rule on the four grid derivatives, plus each Adams step's
+    |h·Σ_j (b_j − b̂_j)·f_{n−j}| against the order-5 weights b̂ on the same derivatives (order 3 on the first);
+    NaN below four steps, where the end's derivative is never evaluated.
     """
     t_start, t_end = t_span
     step = (t_end - t_start) / num_steps
     history: list[torch.Tensor] = []  # derivatives at the grid points so far, newest first
-    y, error = y0, torch.zeros_like(y0)
+    y = y0
+    error = torch.full_like(y0, math.nan) if num_steps < 4 else torch.zeros_like(y0)
     for n in range(num_steps):
         t = t_start + n * step
         history.insert(0, rhs(t, y))
-        del history[_ADAMS_BASHFORTH_ORDER + 1:]
-        if len(history) < _ADAMS_BASHFORTH_ORDER:
+        del history[len(_AB5):]
+        if len(history) < len(_AB4):
             k1 = history[0]
             k2 = rhs(t + step / 2, y + step / 2 * k1)
             k3 = rhs(t + step / 2, y + step / 2 * k2)
             k4 = rhs(t + step, y + step * k3)
             y = y + step / 6 * (k1 + 2 * k2 + 2 * k3 + k4)
             continue
-        increment = sum(b * f for b, f in zip(_ADAMS_BASHFORTH[_ADAMS_BASHFORTH_ORDER], history))
-        reference_order = _ADAMS_BASHFORTH_ORDER + (1 if len(history) > _ADAMS_BASHFORTH_ORDER else -1)
-        reference = sum(b * f for b, f in zip(_ADAMS_BASHFORTH[reference_order], history))
+        if len(history) == len(_AB4):
+            quadrature = 3 * step * sum(b * f for b, f in zip(_THREE_EIGHTHS, reversed(history)))
+            error = error + (y - y0 - quadrature).abs()
+        increment = sum(b * f for b, f in zip(_AB4, history))
+        reference = sum(b * f for b, f in zip(_AB5 if len(history) == len(_AB5) else _AB3, history))
         error = error + (step * (increment - reference)).abs()
         y = y + step * increment
     return y, error
@@ -821,9 +836,8 @@ def _draw_probes(
 
 def default_ab4_steps(convention: ModelConvention) -> int:
     """Steps of `method="ab4"` without `num_steps`: `AB4_STEPS_PER_LOG_SIGMA` per unit of log σ̄ from ε to T."""
-    sde = convention.sde
-    ratios = [float(sde.noise_to_signal(torch.tensor(t, dtype=torch.float64))) for t in _time_span(convention)]
-    return math.ceil(AB4_STEPS_PER_LOG_SIGMA * math.log(ratios[1] / ratios[0]))
+    ratio_min, ratio_max = convention.noise_to_signal_range()
+    return math.ceil(AB4_STEPS_PER_LOG_SIGMA * math.log(float(ratio_max / ratio_min)))
 
 
 def _time_span(convention: ModelConvention) -> tuple[float, float]:
@@ -896,10 +910,12 @@ def log_likelihood(
             `"RK23"`, `"DOP853"` (solved in float64 NumPy, converted at every evaluation), or `"ab4"`: fourth-order
             Adams–Bashforth (RK4 for its first three steps), one evaluation per step on a grid uniform in log σ̄,
             with the state scaled to stand still on Gaussian data (`_LogSigmaFlow`), and a per-sample
-            `error_estimate`; it needs no tolerances.
+            `error_estimate`; it ignores `rtol`/`atol`, as torchdiffeq's fixed-grid methods do. Its Hutchinson
+            estimate is vᵀ(∂G/∂w)v for the scaled flow G: with Rademacher probes (vᵀv = D) it is the x-space
+            estimate of the same probes, with Gaussian ones another unbiased estimate with a smaller spread.
         num_steps (`int`, *optional*): steps of a fixed-grid method (required by torchdiffeq's, refused by the
             adaptive ones); for `"ab4"` it defaults to `default_ab4_steps(convention)`, 6 per unit of log σ̄
-            (`num_steps` + 9 evaluations).
+            (`num_steps` + 9 evaluations from 4 steps, 4·`num_steps` below).
         dtype (`torch.dtype`, *optional*): dtype of the integration (e.g. `torch.float64`); defaults to the
             samples', float32 (with a warning) for float16 or bfloat16 samples; half precision itself is refused
             (`HALF_PRECISION`). The model still runs in its own dtype.
@@ -916,8 +932,8 @@ def log_likelihood(
     its derivative or the drift turning NaN or infinite, a solver that does not converge) raises `SamplingError`.
 
     Returns:
-        `LikelihoodOutput` with `log_likelihood` (nats), `bits_per_dim`, `nfe`, `latent`, `log_likelihood_stderr`
-        and `prior_log_prob`.
+        `LikelihoodOutput` with `log_likelihood` (nats), `bits_per_dim`, `nfe`, `latent`, `log_likelihood_stderr`,
+        `prior_log_prob`, `dequantization` and `error_estimate`.
     """
     convention = _convention_of(scheduler)
     samples = _checked_samples(samples, "samples", dtype, model)
@@ -978,8 +994,7 @@ def log_likelihood(
         def rhs(tau: float, y: torch.Tensor) -> torch.Tensor:
             """The derivative in τ: t itself, or ρ = log σ̄ for "ab4"."""
             x = y[:, :dim].reshape(y.shape[0], *dims)
-            t = tau if log_sigma_flow is None else chunk_flow.time(tau)
-            drift, div = _drift_and_divergence(lambda v: chunk_flow.score_and_drift(v, tau), x, t, chunk_probes)
+            drift, div = _drift_and_divergence(chunk_flow, x, tau, chunk_probes)
             return torch.cat([drift.reshape(y.shape[0], dim), div], dim=1)
 
         return rhs
@@ -1104,6 +1119,7 @@ def dequantized_log_likelihood(
         bits_per_dim=bound.to(per_draw.dtype), bits_per_dim_per_draw=per_draw, nfe=result.nfe,
         dequantization=f"importance_weighted(K={num_samples}, {result.dequantization})" if num_samples > 1
         else result.dequantization,
+        error_estimate=result.error_estimate.reshape(batch, num_samples),
     )
 
 
@@ -1117,7 +1133,7 @@ class SolverKwargs(TypedDict, total=False):
 
     rtol: float
     atol: float
-    method: Method
+    method: TransportMethod
     num_steps: int | None
     dtype: torch.dtype | None
     batch_size: int | None
@@ -1152,9 +1168,8 @@ def _transport(
     settings = _check_solver_settings(**solver_kwargs)
     if settings.method in LOG_SIGMA_METHODS:
         raise ValueError(
-            f"`{caller}` takes the methods {', '.join(repr(m) for m in METHODS if m not in LOG_SIGMA_METHODS)}; "
-            f"{settings.method!r} scales the state by each sample's RMS, which only `log_likelihood` knows at both "
-            "ends."
+            f"`method={settings.method!r}` is implemented for `log_likelihood` only; `{caller}` takes "
+            f"{', '.join(map(repr, TRANSPORT_METHODS))}: the adaptive default 'dopri5', or 'rk4' with `num_steps`."
         )
     _check_model(model, values, None, name, caller)
     flow = _ProbabilityFlow(model, convention)

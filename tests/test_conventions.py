@@ -172,6 +172,16 @@ def test_timestep_round_trip(sde_type, timestep_type):
     torch.testing.assert_close(convention.time(convention.timestep(t)), t, rtol=0, atol=1e-11)
 
 
+@pytest.mark.parametrize("sde_type", ["ve", "vp", "subvp"])
+def test_noise_to_signal_range_spans_the_log_sigma_grid(sde_type):
+    """(σ̄_ε, σ̄_T) are the ends of the log-σ̄ time grid, mapped back to σ̄."""
+    convention = ModelConvention(sde_from_config({"sde_type": sde_type}))
+    low, high = convention.noise_to_signal_range()
+    grid = convention.sde.noise_to_signal(convention.time_grid(5))
+    torch.testing.assert_close(grid[[-1, 0]], torch.stack([low, high]), rtol=1e-12, atol=0)
+    assert 0 < float(low) < float(high)
+
+
 def test_output_score_epsilon_and_denoised():
     generator = make_generator(3)
     x, score = torch.randn(5, 2, 3, generator=generator), torch.randn(5, 2, 3, generator=generator)

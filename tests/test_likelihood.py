@@ -96,14 +96,15 @@ def test_exact_divergence_matches_closed_form(sde_type, data):
     assert torch.equal(out.log_likelihood_stderr, torch.zeros(NUM_SAMPLES, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("method", ["dopri5", "ab4"])
 @pytest.mark.parametrize("probe", ["rademacher", "gaussian"])
 @pytest.mark.parametrize("sde_type", ["ve", "vp"])
-def test_hutchinson_within_reported_standard_error(sde_type, probe):
+def test_hutchinson_within_reported_standard_error(sde_type, probe, method):
     _, scheduler, model, samples = _setup(sde_type)
-    exact = _exact(model, scheduler, samples)
+    exact = _exact(model, scheduler, samples, method=method)
     estimate = log_likelihood(
         model, scheduler, samples, divergence="hutchinson", probe=probe, num_probes=8, dtype=torch.float64,
-        generator=torch.Generator().manual_seed(2), show_progress=False,
+        generator=torch.Generator().manual_seed(2), show_progress=False, method=method,
     )
     stderr = estimate.log_likelihood_stderr
     assert bool((stderr > 0).all()) and bool(torch.isfinite(stderr).all())
@@ -137,8 +138,15 @@ def test_ab4_in_log_sigma_matches_closed_form_at_its_default_steps_within_its_er
     # depends on it, so the error estimate leaves it out).
     torch.testing.assert_close(out.latent, _exact(model, scheduler, samples).latent, rtol=1e-2, atol=1e-3)
     assert bool(_exact(model, scheduler, samples[:2]).error_estimate.isnan().all())
-    # Fewer than four steps are all Runge–Kutta.
-    assert _exact(model, scheduler, samples[:2], method="ab4", num_steps=2).nfe == 8
+    # Fewer than four steps are all Runge–Kutta, and their error goes unestimated.
+    short = _exact(model, scheduler, samples[:2], method="ab4", num_steps=2)
+    assert short.nfe == 8 and bool(short.error_estimate.isnan().all())
+    # The dequantised bound passes each draw's estimate on.
+    draws = dequantized_log_likelihood(
+        model, scheduler, samples[:2].clamp(-1, 1), data_range=(-1.0, 1.0), num_samples=3, method="ab4",
+        num_steps=6, divergence="exact", show_progress=False, generator=torch.Generator().manual_seed(0),
+    )
+    assert draws.error_estimate.shape == (2, 3) and bool((draws.error_estimate > 0).all())
 
 
 @pytest.mark.parametrize("sde_type", ["ve", "subvp"])
@@ -157,6 +165,19 @@ def test_ab4_converges_at_fourth_order(sde_type):
     assert coarse / fine > 10, (coarse, fine)
 
 
+def test_ab4_rademacher_estimate_is_the_x_space_estimate_of_the_same_probes():
+    """With vᵀv = D the scaled flow's vᵀ(∂G/∂w)v differs from the x-space one by a known term only, so the two
+    estimates agree within the solvers' error, probe by probe."""
+    _, scheduler, model, samples = _setup("vp")
+    kwargs = dict(divergence="hutchinson", num_probes=3, dtype=torch.float64, show_progress=False)
+    x_space = log_likelihood(model, scheduler, samples[:8], generator=torch.Generator().manual_seed(4), **kwargs)
+    scaled = log_likelihood(
+        model, scheduler, samples[:8], generator=torch.Generator().manual_seed(4), method="ab4", **kwargs
+    )
+    assert _to_bpd(scaled.log_likelihood - x_space.log_likelihood).abs().max() < SOLVER_BPD_TOLERANCE
+    torch.testing.assert_close(scaled.log_likelihood_stderr, x_space.log_likelihood_stderr, rtol=1e-2, atol=1e-3)
+
+
 def test_ab4_answers_do_not_depend_on_the_batch():
     """Each sample has its own state scale on one fixed grid: its answer is the same alone or in any chunk."""
     _, scheduler, model, samples = _setup("ve")
@@ -172,7 +193,8 @@ def test_ab4_answers_do_not_depend_on_the_batch():
 @pytest.mark.parametrize("function", [encode, decode])
 def test_encode_and_decode_refuse_the_likelihoods_own_method(function):
     _, scheduler, model, samples = _setup("vp")
-    with pytest.raises(ValueError, match="takes the methods 'dopri5'.*'ab4' scales the state"):
+    with pytest.raises(ValueError, match="`method='ab4'` is implemented for `log_likelihood` only; `(en|de)code` "
+                                         "takes 'dopri5', .*'DOP853': the adaptive default"):
         function(model, scheduler, samples[:2], method="ab4", show_progress=False)
 
 
