@@ -28,6 +28,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -99,21 +100,11 @@ def bits_per_dim(path: Path) -> dict[str, float]:
         return {row["file"]: float(row["bits_per_dim"]) for row in csv.DictReader(file)}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="pairs of 1- and 2-process runs per command")
-    parser.add_argument("--num-images", type=int, default=256, help="images to sample")
-    parser.add_argument("--sample-batch-size", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=50, help="pf-euler steps of sample")
-    parser.add_argument("--num-test-images", type=int, default=16, help="test digits whose bits/dim are computed")
-    parser.add_argument("--likelihood-batch-size", type=int, default=4)
-    parser.add_argument("--commands", nargs="+", choices=COMMANDS, default=list(COMMANDS),
-                        help="start-up: sample of 1 image in 1 step, the cost of starting the processes")
-    args = parser.parse_args()
-
-    get_digits_ddpm()  # trains and caches it on the first run
-    pipeline = os.path.abspath(DEFAULT_OUTPUT_DIR)
-    work = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
+def measure(
+    args: argparse.Namespace, pipeline: str, work: Path
+) -> tuple[dict[tuple[str, int], list[float]], dict[tuple[str, int], list[float]], dict[str, str]]:
+    """Run each command `args.repeats` times with 1 and 2 processes in `work`: wall and CPU seconds per
+    (command, process count), and whether the 2-process outputs equal the 1-process ones."""
     images, _ = load_digits_images(split="test")
     (work / "digits").mkdir()
     for index, image in enumerate(images[: args.num_test_images]):
@@ -151,6 +142,29 @@ def main() -> None:
             assert list(a) == list(b)
             difference = max(abs(a[key] - b[key]) for key in a)
             identical[name] = f"max \\|Δ bits/dim\\| = {difference:.1e} over {len(a)} images"
+
+    return times, cpu_times, identical
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="pairs of 1- and 2-process runs per command")
+    parser.add_argument("--num-images", type=int, default=256, help="images to sample")
+    parser.add_argument("--sample-batch-size", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=50, help="pf-euler steps of sample")
+    parser.add_argument("--num-test-images", type=int, default=16, help="test digits whose bits/dim are computed")
+    parser.add_argument("--likelihood-batch-size", type=int, default=4)
+    parser.add_argument("--commands", nargs="+", choices=COMMANDS, default=list(COMMANDS),
+                        help="start-up: sample of 1 image in 1 step, the cost of starting the processes")
+    args = parser.parse_args()
+
+    get_digits_ddpm()  # trains and caches it on the first run
+    pipeline = os.path.abspath(DEFAULT_OUTPUT_DIR)
+    work = Path(tempfile.mkdtemp(prefix="bench_distributed_"))
+    try:
+        times, cpu_times, identical = measure(args, pipeline, work)
+    finally:  # the runs' images, .npz and .csv files are only compared, not kept
+        shutil.rmtree(work, ignore_errors=True)
 
     print()
     print(f"sample: {args.num_images} images, pf-euler {args.steps} steps, batches of {args.sample_batch_size}; "
