@@ -789,8 +789,14 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
     check_weights_finite(accelerator, model, None, tmp_path, 5)
     with torch.no_grad():
         model.weight[0, 0] = math.inf
-    with pytest.raises(TrainingDivergedError, match=r"NaN or infinite after step 5\. .*no checkpoint had been written"):
+    with pytest.raises(TrainingDivergedError, match=r"NaN or infinite after step 5\. .*this run had written no"):
         check_weights_finite(accelerator, model, None, tmp_path, 5)
+    # Another run's newer checkpoint in the folder is not offered as this run's last good one.
+    (tmp_path / "checkpoint-3").mkdir()
+    (tmp_path / "checkpoint-9").mkdir()
+    with pytest.raises(TrainingDivergedError) as raised:
+        check_weights_finite(accelerator, model, None, tmp_path, 5, last_checkpoint_step=3)
+    assert f"the last good checkpoint is {tmp_path / 'checkpoint-3'}" in str(raised.value)
 
 
 def test_bad_argument_through_accelerate_launch_is_quick_and_clear(tmp_path):

@@ -27,7 +27,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .arguments import config_for_logging
-from .checkpoints import list_checkpoints, load_ema, resolve_resume_checkpoint, save_checkpoint
+from .checkpoints import CHECKPOINT_PREFIX, load_ema, resolve_resume_checkpoint, save_checkpoint
 from .data import EpochBatchSampler, ImageBatchDataset, check_batch_size, micro_batches
 from .samples import GridFunction, save_sample_grid
 
@@ -96,10 +96,12 @@ def _finite_on_every_process(accelerator: Accelerator, finite: bool) -> bool:
     return bool(flags.all())
 
 
-def _diverged(output_dir: Path, what: str) -> TrainingDivergedError:
-    """The error for a run whose `what` turned non-finite, naming the last good checkpoint in `output_dir`."""
-    checkpoints = list_checkpoints(output_dir)
-    kept = f"the last good checkpoint is {checkpoints[-1][1]}" if checkpoints else "no checkpoint had been written"
+def _diverged(output_dir: Path, what: str, last_checkpoint_step: int) -> TrainingDivergedError:
+    """The error for a run whose `what` turned non-finite, naming its own last checkpoint in `output_dir` (the one
+    at `last_checkpoint_step`, which it wrote or resumed from; 0 for none), not another run's newer one."""
+    path = output_dir / f"{CHECKPOINT_PREFIX}{last_checkpoint_step}"
+    kept = (f"the last good checkpoint is {path}" if last_checkpoint_step > 0 and path.is_dir()
+            else "this run had written no checkpoint")
     return TrainingDivergedError(
         f"training diverged: {what}. Nothing was saved from this step on; {kept}. "
         "Try a lower --learning_rate or --max_grad_norm, or check the data for NaN."
@@ -107,15 +109,22 @@ def _diverged(output_dir: Path, what: str) -> TrainingDivergedError:
 
 
 def check_weights_finite(
-    accelerator: Accelerator, model: torch.nn.Module, ema: EMAModel | None, output_dir: Path, step: int
+    accelerator: Accelerator,
+    model: torch.nn.Module,
+    ema: EMAModel | None,
+    output_dir: Path,
+    step: int,
+    last_checkpoint_step: int = 0,
 ) -> None:
     """Raise `TrainingDivergedError` if a weight of `model` or of its EMA is NaN or infinite after `step`: what
-    is about to be saved must be finite."""
+    is about to be saved must be finite. `last_checkpoint_step` is the run's last checkpoint, for the message."""
     tensors = [*model.parameters(), *(ema.shadow_params if ema is not None else ())]
     # Element by element, not `all_finite`'s one sum: huge but finite weights must not overflow it into a false alarm.
     finite = all(bool(torch.isfinite(tensor.detach()).all()) for tensor in tensors)
     if not _finite_on_every_process(accelerator, finite):
-        raise _diverged(output_dir, f"the weights (or their EMA) are NaN or infinite after step {step}")
+        raise _diverged(
+            output_dir, f"the weights (or their EMA) are NaN or infinite after step {step}", last_checkpoint_step
+        )
 
 
 @dataclass
@@ -232,7 +241,7 @@ def train(
         # Before the optimizer step, so the weights in memory (and everything saved) stay finite.
         if not _finite_on_every_process(accelerator, all(map(math.isfinite, losses))):
             value = f"{scalars['loss']}" if accelerator.num_processes == 1 else "not finite on at least one process"
-            raise _diverged(output_dir, f"the loss is {value} at step {global_step + 1}")
+            raise _diverged(output_dir, f"the loss is {value} at step {global_step + 1}", previous_checkpoint)
         if args.max_grad_norm > 0:
             scalars["grad_norm"] = float(accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm))
         optimizer.step()
@@ -249,7 +258,9 @@ def train(
         accelerator.log(scalars, step=global_step)
 
         if global_step % args.checkpointing_steps == 0 or global_step == max_train_steps:
-            check_weights_finite(accelerator, accelerator.unwrap_model(model), ema, output_dir, global_step)
+            check_weights_finite(
+                accelerator, accelerator.unwrap_model(model), ema, output_dir, global_step, previous_checkpoint
+            )
             save_checkpoint(
                 accelerator,
                 ema,
