@@ -191,6 +191,7 @@ def main() -> None:
             ("SDE-DPM-Solver++(2M) (defaults)", ours(lambda: SDEDPMSolverScheduler(**kwargs)), [10, 20, 50]),
             ("SDE-DPM-Solver++(2M), eta=0 (the ODE, prior forgotten)",
              ours(lambda: SDEDPMSolverScheduler(eta=0.0, **kwargs)), [10, 20, 50]),
+            ("SDE-DPM-Solver++(2M), eta=0.5", ours(lambda: SDEDPMSolverScheduler(eta=0.5, **kwargs)), [20, 50]),
             ("SDE-DPM-Solver++(2M), forget_prior=False",
              ours(lambda: SDEDPMSolverScheduler(forget_prior=False, **kwargs)), [50]),
             ("PC (defaults)", ours(lambda: PredictorCorrectorScheduler(**kwargs)), [25, 100]),
