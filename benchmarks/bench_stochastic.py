@@ -4,10 +4,10 @@ The 64-dimensional, 8-component mixture of `bench_schedulers.py`, driven by its 
 (‖mean‖ ≈ 3, σ_max = 50) and shifted by a vector of norm 28, as [0, 1] image data sit far from 0 (NCSN++ trains on
 uncentred CIFAR-10, ‖mean‖ ≈ 28 at σ_max = 50), with σ_max set to the data's largest pairwise distance as the
 training scripts do. The prior N(0, σ_max²I) then misses p_T's mean by 28. Rows: `SDEDPMSolverScheduler` with its
-defaults, at `eta=0` (the probability-flow ODE after the prior-forgetting first step) and without `forget_prior`,
-our PC and probability flow, Diffusers' `ScoreSdeVeScheduler`, and Restart sampling (Xu et al., 2023,
-https://arxiv.org/abs/2306.14878) as a candidate, on paired seeds; each figure is a mean over `--seeds` runs ± its
-standard error, as in `bench_schedulers.py`.
+defaults, at `eta=0` (the probability-flow ODE after the prior-forgetting first step), at `eta=0.5`, without
+`forget_prior`, our PC and probability flow, Diffusers' `ScoreSdeVeScheduler`, and Restart sampling (Xu et al.,
+2023, https://arxiv.org/abs/2306.14878) as a candidate, on paired seeds; each figure is a mean over `--seeds` runs ±
+its standard error, as in `bench_schedulers.py`.
 
 Run from the repository root: `python benchmarks/bench_stochastic.py` (~10 min on 2 idle CPU cores, and ~9 more for
 the Restart rows); `--only Restart --only "(defaults)"` keeps the sampler rows whose name holds any of the strings
