@@ -9,8 +9,9 @@
    (guidance costs one classifier forward and backward per model evaluation).
 
 Issue 13's digits bar, with `--low-nfe` (only this table is run): FD at exactly 10 and 20 model evaluations for the
-package's `ProbabilityFlowScheduler` (`dpmpp_3m`, `dpmpp_2m`) and `SDEDPMSolverScheduler` in `ScoreGuidedPipeline`,
-beside Diffusers' `DPMSolverMultistepScheduler` (orders 2 and 3) and `UniPCMultistepScheduler` in Diffusers' own
+package's `ProbabilityFlowScheduler` (`dpmpp_3m`, `dpmpp_2m`) and `SDEDPMSolverScheduler` (defaults, `eta=0`, and
+`eta=0` with its grid ended by hand at t = 0.02) in `ScoreGuidedPipeline`, beside Diffusers'
+`DPMSolverMultistepScheduler` (orders 2 and 3), `SASolverScheduler` and `UniPCMultistepScheduler` in Diffusers' own
 `DDPMPipeline`, and `DDPMScheduler` at 1000 steps; all on the same DDPM, seeds and number of samples, FD ± the standard
 deviation over bootstrap resamples of the generated samples.
 
@@ -33,7 +34,9 @@ import numpy as np
 import scipy.linalg
 import torch
 import torch.nn.functional as F
-from diffusers import DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, UniPCMultistepScheduler
+from diffusers import (
+    DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, SASolverScheduler, UniPCMultistepScheduler,
+)
 
 from score_diffusers import (
     NoiseConditionalClassifier,
@@ -220,10 +223,15 @@ def low_nfe_schedulers(ddpm_config) -> dict[str, tuple[Callable[[], object], boo
             for solver in ("dpmpp_3m", "dpmpp_2m")
         },
         "SDEDPMSolver": (lambda: SDEDPMSolverScheduler.from_config(ddpm_config), False),
+        "SDEDPMSolver eta=0": (lambda: SDEDPMSolverScheduler.from_config(ddpm_config, eta=0.0), False),
+        "SDEDPMSolver eta=0, grid ending at t = 0.02 (hand-set)": (
+            lambda: SDEDPMSolverScheduler.from_config(ddpm_config, eta=0.0, sampling_eps=0.02), False
+        ),
         "Diffusers DPMSolverMultistep (order 2)": (lambda: DPMSolverMultistepScheduler.from_config(ddpm_config), True),
         "Diffusers DPMSolverMultistep (order 3)": (
             lambda: DPMSolverMultistepScheduler.from_config(ddpm_config, solver_order=3), True
         ),
+        "Diffusers SASolver (stochastic Adams)": (lambda: SASolverScheduler.from_config(ddpm_config), True),
         "Diffusers UniPCMultistep": (
             lambda: ignoring_generator(UniPCMultistepScheduler.from_config(ddpm_config)), True
         ),

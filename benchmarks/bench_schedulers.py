@@ -31,6 +31,7 @@ from diffusers import (
     DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    SASolverScheduler,
     ScoreSdeVeScheduler,
     UniPCMultistepScheduler,
 )
@@ -224,6 +225,9 @@ def quality_rows(
         ("VP", "PF DPM-Solver++(3M) (log σ)",
          ours_on_ddpm(ProbabilityFlowScheduler, solver="dpmpp_3m", time_spacing="log_sigma"), [10, 20]),
         ("VP", "SDE-DPM-Solver++(2M) (defaults)", ours_on_ddpm(SDEDPMSolverScheduler), [10, 20, 50]),
+        ("VP", "SDE-DPM-Solver++(2M), eta=0 (log σ)", ours_on_ddpm(SDEDPMSolverScheduler, eta=0.0), [10, 20]),
+        ("VP", "SDE-DPM-Solver++(2M), eta=0, grid ending at t = 0.02 (σ̄ ≈ 0.08; hand-set)",
+         ours_on_ddpm(SDEDPMSolverScheduler, eta=0.0, sampling_eps=0.02), [10, 20]),
         ("VP", "PF Heun (karras)", ours_on_ddpm(ProbabilityFlowScheduler), [25]),
         ("VP", "PC (defaults: ancestral + Langevin)", ours_on_ddpm(PredictorCorrectorScheduler), [100]),
         ("VP", "PC, corrector_norm='batch'", ours_on_ddpm(PredictorCorrectorScheduler, corrector_norm="batch"), [100]),
@@ -232,6 +236,7 @@ def quality_rows(
         ("VP", "Diffusers DPM-Solver++(2M)", ddpm_family(DPMSolverMultistepScheduler), [10, 20, 50]),
         ("VP", "Diffusers DPM-Solver++(3M)", ddpm_family(DPMSolverMultistepScheduler, solver_order=3), [10, 20]),
         ("VP", "Diffusers UniPC", ddpm_family(UniPCMultistepScheduler), [10, 20]),
+        ("VP", "Diffusers SA-Solver (stochastic Adams, defaults)", ddpm_family(SASolverScheduler), [10, 20]),
     ]
     if langevin_sweep:
         sweeps += [
