@@ -797,6 +797,8 @@ def test_non_finite_weights_are_never_checkpointed(tmp_path):
     with pytest.raises(TrainingDivergedError) as raised:
         check_weights_finite(accelerator, model, None, tmp_path, 5, last_checkpoint_step=3)
     assert f"the last good checkpoint is {tmp_path / 'checkpoint-3'}" in str(raised.value)
+    with pytest.raises(TrainingDivergedError, match="checkpoint-4, is no longer there"):
+        check_weights_finite(accelerator, model, None, tmp_path, 5, last_checkpoint_step=4)
 
 
 def test_bad_argument_through_accelerate_launch_is_quick_and_clear(tmp_path):

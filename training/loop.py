@@ -100,8 +100,12 @@ def _diverged(output_dir: Path, what: str, last_checkpoint_step: int) -> Trainin
     """The error for a run whose `what` turned non-finite, naming its own last checkpoint in `output_dir` (the one
     at `last_checkpoint_step`, which it wrote or resumed from; 0 for none), not another run's newer one."""
     path = output_dir / f"{CHECKPOINT_PREFIX}{last_checkpoint_step}"
-    kept = (f"the last good checkpoint is {path}" if last_checkpoint_step > 0 and path.is_dir()
-            else "this run had written no checkpoint")
+    if last_checkpoint_step == 0:
+        kept = "this run had written no checkpoint"
+    elif path.is_dir():
+        kept = f"the last good checkpoint is {path}"
+    else:
+        kept = f"this run's last checkpoint, {path}, is no longer there"
     return TrainingDivergedError(
         f"training diverged: {what}. Nothing was saved from this step on; {kept}. "
         "Try a lower --learning_rate or --max_grad_norm, or check the data for NaN."
@@ -286,7 +290,7 @@ def train(
 
     final = accelerator.unwrap_model(model)
     # The scripts save what this returns.
-    check_weights_finite(accelerator, final, ema, output_dir, global_step)
+    check_weights_finite(accelerator, final, ema, output_dir, global_step, previous_checkpoint)
     if ema is not None:
         ema.copy_to(final.parameters())
     final.eval()
