@@ -28,7 +28,7 @@ import torch
 from score_diffusers import (
     ModelConvention, PredictorCorrectorScheduler, ProbabilityFlowScheduler, SDEDPMSolverScheduler,
 )
-from score_diffusers.conventions import KARRAS_RHO
+from score_diffusers.conventions import karras_noise_levels
 from score_diffusers.sampling import euler_step, heun_step, ode_derivative
 from score_diffusers.testing import ExactScoreModel, GaussianMixture, noise, prior_sample, quality_report, run_sampler
 
@@ -68,12 +68,6 @@ RESTART_POINTS = 3
 RESTART_SHARE = 8 / 43
 
 
-def karras_ratio(fraction: float, ratio_max: float, ratio_min: float) -> float:
-    """σ̄ at `fraction` of the ρ = 7 grid from `ratio_max` (0) to `ratio_min` (1)."""
-    high, low = ratio_max ** (1 / KARRAS_RHO), ratio_min ** (1 / KARRAS_RHO)
-    return (high + fraction * (low - high)) ** KARRAS_RHO
-
-
 def restart_plan(total_nfe: int) -> tuple[int, int]:
     """(n, K): points of the main grid and restart passes within `total_nfe` evaluations. The main chain costs 2n − 2:
     one evaluation for the prior-forgetting first step, two per Heun step, one for the last Euler step to σ̄ = 0."""
@@ -106,10 +100,10 @@ def restart_sample(
     num_points, passes = restart_plan(total_nfe)
     ratios = convention.sde.noise_to_signal(convention.time_grid(num_points, "karras")).tolist()
     if interval is None:
-        interval = tuple(karras_ratio(u, ratios[0], ratios[-1]) for u in fractions)
+        interval = tuple(karras_noise_levels(u, ratios[0], ratios[-1]) for u in fractions)
     # The restart ends on the main grid point nearest σ̄_lo (never the first: the chain starts there).
     restart_at = 1 + min(range(num_points - 1), key=lambda j: abs(ratios[j + 1] - interval[0]))
-    restart_ratios = [karras_ratio(j / (RESTART_POINTS - 1), interval[1], ratios[restart_at])
+    restart_ratios = [karras_noise_levels(j / (RESTART_POINTS - 1), interval[1], ratios[restart_at])
                       for j in range(RESTART_POINTS)]
 
     def denoise(scaled: torch.Tensor, ratio: float) -> torch.Tensor:

@@ -224,6 +224,13 @@ def convention_config_from_score_sde_ve(config: Mapping[str, Any]) -> dict[str, 
 # ---- the convention ------------------------------------------------------------------------------------------------
 
 
+def karras_noise_levels(fractions: TimeLike, ratio_max: TimeLike, ratio_min: TimeLike) -> TimeLike:
+    """σ̄ at `fractions` (0 at `ratio_max`, 1 at `ratio_min`) of Karras et al.'s spacing with ρ = `KARRAS_RHO`:
+    (σ̄_max^{1/ρ} + u·(σ̄_min^{1/ρ} − σ̄_max^{1/ρ}))^ρ, for floats or tensors alike."""
+    high, low = ratio_max ** (1 / KARRAS_RHO), ratio_min ** (1 / KARRAS_RHO)
+    return (high + fractions * (low - high)) ** KARRAS_RHO
+
+
 @dataclass
 class PerturbedSample:
     """x_t = α_t·x₀ + σ_t·noise, with α_t and σ_t broadcastable against `sample` and the model's timestep.
@@ -364,8 +371,7 @@ class ModelConvention:
         if spacing == "log_sigma":
             ratios = torch.exp(ratio_max.log() + fractions * (ratio_min.log() - ratio_max.log()))
         else:
-            high, low = ratio_max ** (1 / KARRAS_RHO), ratio_min ** (1 / KARRAS_RHO)
-            ratios = (high + fractions * (low - high)) ** KARRAS_RHO
+            ratios = karras_noise_levels(fractions, ratio_max, ratio_min)
         times = sde.time_from_noise_to_signal(ratios)
         # Pin the ends exactly: the inverse leaves them a few ulps off.
         times[0], times[-1] = sde.T, eps
