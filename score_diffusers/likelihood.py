@@ -980,7 +980,8 @@ def log_likelihood(
     )
     span = _time_span(convention) if log_sigma_flow is None else log_sigma_flow.span
     if log_sigma_flow is not None:
-        points = points / log_sigma_flow.state_scale(span[0])
+        start_scale = log_sigma_flow.state_scale(span[0])
+        points = points / start_scale
         if settings.num_steps is None:
             settings = replace(settings, num_steps=default_ab4_steps(convention))
     # State rows: the sample's D coordinates, then one divergence integral per probe (one when exact).
@@ -1006,7 +1007,7 @@ def log_likelihood(
         end_scale = log_sigma_flow.state_scale(span[1])
         latent = latent * end_scale
         # The change of variables from x to w at both ends: log p_x = log p_w − D·log(α·c).
-        integrals = integrals + dim * (end_scale.log() - log_sigma_flow.state_scale(span[0]).log())
+        integrals = integrals + dim * (end_scale.log() - start_scale.log())
     latent = latent.reshape(samples.shape)
     prior_log_prob = convention.sde.prior_logp(latent)
     per_probe = prior_log_prob[:, None] + integrals
