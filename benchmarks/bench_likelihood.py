@@ -237,10 +237,16 @@ def load_digits_ddpm(checkpoint: str, train_steps: int) -> tuple[UNet2DModel, DD
     return pipeline.unet, pipeline.scheduler, f"this script's, {train_steps} steps on the train split only"
 
 
-def digits_comparison(num_images: int, checkpoint: str, train_steps: int, rtol: float) -> None:
+def digits_score_model(checkpoint: str, train_steps: int) -> tuple[UNet2DModel, ProbabilityFlowScheduler, str]:
+    """`load_digits_ddpm`'s unet in eval mode without weight gradients, its scheduler as a score scheduler (the
+    likelihood's convention) and the note on its source."""
     unet, ddpm_scheduler, source = load_digits_ddpm(checkpoint, train_steps)
     unet.eval().requires_grad_(False)
-    scheduler = ProbabilityFlowScheduler.from_config(ddpm_scheduler.config)
+    return unet, ProbabilityFlowScheduler.from_config(ddpm_scheduler.config), source
+
+
+def digits_comparison(num_images: int, checkpoint: str, train_steps: int, rtol: float) -> None:
+    unet, scheduler, source = digits_score_model(checkpoint, train_steps)
     images, _ = load_digits_images(DIGITS_RESOLUTION, split="test")
     images = images[:num_images]
     generator = torch.Generator().manual_seed(0)
@@ -280,9 +286,7 @@ def digits_comparison(num_images: int, checkpoint: str, train_steps: int, rtol: 
 def solver_agreement(num_images: int, checkpoint: str, train_steps: int) -> None:
     """Bits/dim of the same test digits by several solvers, each image with the same dequantisation and probe in
     every row (its own generator), against dopri5 at rtol = atol = 1e-7: the solvers' errors on a real model."""
-    unet, ddpm_scheduler, source = load_digits_ddpm(checkpoint, train_steps)
-    unet.eval().requires_grad_(False)
-    scheduler = ProbabilityFlowScheduler.from_config(ddpm_scheduler.config)
+    unet, scheduler, source = digits_score_model(checkpoint, train_steps)
     images = load_digits_images(DIGITS_RESOLUTION, split="test")[0][:num_images]
     default_steps = default_ab4_steps(scheduler.convention)
     solvers = {
