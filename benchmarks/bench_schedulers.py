@@ -46,9 +46,11 @@ from score_diffusers import (
 from score_diffusers.testing import ExactScoreModel, GaussianMixture, quality_report, run_loop, run_sampler
 
 try:
+    from bench_pipeline import ignoring_generator
     from machine import machine_description
     from plotting import RESULTS, pyplot, save_figure
 except ImportError:  # run as a module from the repository root
+    from benchmarks.bench_pipeline import ignoring_generator
     from benchmarks.machine import machine_description
     from benchmarks.plotting import RESULTS, pyplot, save_figure
 
@@ -182,10 +184,14 @@ def quality_rows(
             step_size=step_size,
         )
 
-    def ddpm_family(klass, **overrides):
-        return lambda steps, gen: sample_with(
-            ddpm_config_scheduler(klass, **overrides), mixture, steps, shape, gen, model_scheduler=ddpm_epsilon
-        )
+    def ddpm_family(klass, step_takes_generator: bool = True, **overrides):
+        """`klass` on DDPM's table in the plain loop; `step_takes_generator=False` for a `step` that refuses one."""
+
+        def make():
+            scheduler = ddpm_config_scheduler(klass, **overrides)
+            return scheduler if step_takes_generator else ignoring_generator(scheduler)
+
+        return lambda steps, gen: sample_with(make(), mixture, steps, shape, gen, model_scheduler=ddpm_epsilon)
 
     def ours(make: Callable[[], object]):
         return lambda steps, gen: sample_with(make(), mixture, steps, shape, gen)
@@ -235,7 +241,8 @@ def quality_rows(
         ("VP", "Diffusers DDIM", ddpm_family(DDIMScheduler, clip_sample=False), [50, 100]),
         ("VP", "Diffusers DPM-Solver++(2M)", ddpm_family(DPMSolverMultistepScheduler), [10, 20, 50]),
         ("VP", "Diffusers DPM-Solver++(3M)", ddpm_family(DPMSolverMultistepScheduler, solver_order=3), [10, 20]),
-        ("VP", "Diffusers UniPC", ddpm_family(UniPCMultistepScheduler), [10, 20]),
+        ("VP", "Diffusers UniPC (defaults: bh2, order 2, x̂₀)",
+         ddpm_family(UniPCMultistepScheduler, step_takes_generator=False), [10, 20]),
         ("VP", "Diffusers SA-Solver (stochastic Adams, defaults)", ddpm_family(SASolverScheduler), [10, 20]),
     ]
     if langevin_sweep:
