@@ -2,7 +2,8 @@
 
 For p_0 = N(μ, s²I) the probability-flow ODE in x̄ = x/α, σ̄ = σ/α carries x̄_T to μ + (x̄_T − μ)·s/√(s² + σ̄_T²)
 exactly, under VE and VP alike, so the max error over a batch is the solver's own. Rows: `ProbabilityFlowScheduler`
-with Euler, Heun, DPM-Solver++(2M) and (3M), on both of its log-σ̄ spacings; columns: model evaluations.
+with Euler, Heun, DPM-Solver++(2M) and (3M) and UniPC (2M + UniC), on both of its log-σ̄ spacings; columns: model
+evaluations.
 
 Run from the repository root: `python benchmarks/bench_ode_solvers.py` (~1 min).
 """
@@ -50,7 +51,7 @@ def main() -> None:
         print("| solver | spacing | " + " | ".join(f"NFE {n}" for n in EVALUATIONS) + " |")
         print("|---|---|" + "---:|" * len(EVALUATIONS))
         for spacing in ("karras", "log_sigma"):
-            for solver in ("euler", "heun", "dpmpp_2m", "dpmpp_3m"):
+            for solver in ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"):
                 errors = [max_error(solver, n, spacing, sde_kwargs) for n in EVALUATIONS]
                 print(f"| {solver} | {spacing} | " + " | ".join(f"{e:.1e}" for e in errors) + " |")
 

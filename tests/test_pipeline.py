@@ -310,6 +310,7 @@ def mixture_classifier_state() -> dict[str, torch.Tensor]:
 MIXTURE_SCHEDULERS = {
     "sde_dpm_solver": (lambda: SDEDPMSolverScheduler(sde_type="vp"), 20),
     "probability_flow_dpmpp_3m": (lambda: ProbabilityFlowScheduler(sde_type="vp", solver="dpmpp_3m"), 15),
+    "probability_flow_unipc": (lambda: ProbabilityFlowScheduler(sde_type="vp", solver="unipc"), 15),
     "probability_flow_heun": (lambda: ProbabilityFlowScheduler(sde_type="vp", timestep_type="continuous"), 15),
     "probability_flow_churn": (
         lambda: ProbabilityFlowScheduler(sde_type="vp", solver="dpmpp_2m", timestep_type="continuous", s_churn=10.0),

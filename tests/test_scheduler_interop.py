@@ -134,9 +134,11 @@ def test_ancestral_predictor_is_ddpm_step(
     "scheduler_class, overrides",
     [(scheduler_class, {}) for scheduler_class in DDPM_COMPATIBLE]
     + [(ProbabilityFlowScheduler, {"s_churn": 10.0}), (ProbabilityFlowScheduler, {"solver": "dpmpp_3m"})]
+    + [(ProbabilityFlowScheduler, {"solver": "unipc"})]
     + [(SDEDPMSolverScheduler, {})],
     ids=[scheduler_class.__name__ for scheduler_class in DDPM_COMPATIBLE]
-    + ["ProbabilityFlowScheduler-churn", "ProbabilityFlowScheduler-dpmpp_3m", "SDEDPMSolverScheduler"],
+    + ["ProbabilityFlowScheduler-churn", "ProbabilityFlowScheduler-dpmpp_3m", "ProbabilityFlowScheduler-unipc"]
+    + ["SDEDPMSolverScheduler"],
 )
 def test_runs_unchanged_inside_ddpm_pipeline(scheduler_class, overrides: dict[str, Any]):
     """Diffusers' own DDPMPipeline with our scheduler: one UNet call per timestep, the result of the plain loop (the

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import torch
 from helpers import DATA_DIM, make_generator, sample_with_seed
-from diffusers import DDPMScheduler
+from diffusers import DDPMScheduler, UniPCMultistepScheduler
 
 from score_diffusers import (
     AnnealedLangevinScheduler,
@@ -130,6 +130,10 @@ SAMPLERS = {
     ),
     "pf_subvp_heun_uniform": (lambda: ProbabilityFlowScheduler(sde_type="subvp", time_spacing="uniform"), 30),
     "pf_ddpm_linear_heun": (lambda: ProbabilityFlowScheduler.from_config(ddpm("linear")), 30),
+    "pf_ddpm_linear_unipc_log_sigma": (
+        lambda: ProbabilityFlowScheduler.from_config(ddpm("linear"), solver="unipc", time_spacing="log_sigma"), 20
+    ),
+    "pf_ve_unipc_log_sigma": (lambda: ProbabilityFlowScheduler(solver="unipc", time_spacing="log_sigma"), 30),
     "pf_ve_dpmpp_2m": (lambda: ProbabilityFlowScheduler(solver="dpmpp_2m"), 30),
     "pf_ve_dpmpp_2m_churn": (lambda: ProbabilityFlowScheduler(solver="dpmpp_2m", s_churn=40.0, s_tmin=5.0), 30),
     "sde_dpmpp_2m_ve": (lambda: SDEDPMSolverScheduler(), 30),
@@ -184,16 +188,21 @@ def test_the_metrics_reject_a_wrong_sampler(mixture: GaussianMixture, noise_floo
     assert collapsed_w2 > W2_MARGIN * noise_floor.worst_sliced_w2
 
 
-def probability_flow_error(solver: str, num_inference_steps: int) -> float:
-    """Max error of the probability-flow sampler on N(μ, s²I) under VE, where the ODE carries x_T to
-    μ + (x_T − μ)·s/√(s² + σ_T²) exactly (σ_min = 1e-4 makes the last step's own error negligible)."""
+def probability_flow_error(solver: str, num_inference_steps: int, sde_type: str = "ve") -> float:
+    """Max error of the probability-flow sampler on N(μ, s²I) under VE (σ_min = 1e-4) or VP, on the log-σ̄ grid: in
+    x̄ = x/α the ODE carries x̄_T to μ + c·√(s² + σ̄²), c = (x̄_T − μ)/√(s² + σ̄_T²), and the last step returns its
+    x̂₀ at the grid's end σ̄_ε, μ + c·s²/√(s² + σ̄_ε²), so the error is the solver's own."""
     mean, std = 1.5, 0.5
     mixture = GaussianMixture(torch.full((1, 4), mean, dtype=torch.float64), std)
-    scheduler = ProbabilityFlowScheduler(solver=solver, sigma_min=1e-4, time_spacing="log_sigma")
-    sigma_T = scheduler.init_noise_sigma
-    x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * sigma_T
+    noise_range = {"sigma_min": 1e-4} if sde_type == "ve" else {}
+    scheduler = ProbabilityFlowScheduler(sde_type=sde_type, solver=solver, time_spacing="log_sigma", **noise_range)
+    x_T = torch.randn(64, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x_T = x_T * scheduler.init_noise_sigma
     sample = run_loop(scheduler, ExactScoreModel(mixture, scheduler), x_T, num_inference_steps)
-    exact = mean + (x_T - mean) * std / (std**2 + sigma_T**2) ** 0.5
+    ratio_end, ratio_T = (float(ratio) for ratio in scheduler.convention.noise_to_signal_range())
+    alpha_T = float(scheduler.convention.coefficients(1.0)[0])
+    spread = (x_T / alpha_T - mean) / (std**2 + ratio_T**2) ** 0.5
+    exact = mean + spread * std**2 / (std**2 + ratio_end**2) ** 0.5
     return float((sample - exact).abs().max())
 
 
@@ -214,29 +223,118 @@ def test_dpmpp_3m_converges_at_third_order():
     assert third[0] / third[1] > 10, third
     assert third[0] < probability_flow_error("dpmpp_2m", 40) / 5
 
-    mean, spread, scale = 1.5, 0.5, 0.3
-
-    def exact(ratio: float) -> torch.Tensor:
-        return torch.tensor([mean + scale * math.sqrt(spread**2 + ratio**2)], dtype=torch.float64)
-
-    def denoised(ratio: float) -> torch.Tensor:
-        return torch.tensor([mean + scale * spread**2 / math.sqrt(spread**2 + ratio**2)], dtype=torch.float64)
-
     def local_error(step: float, order: int, ratio: float = 2.0) -> float:
         earlier, previous, target = ratio * math.exp(2 * step), ratio * math.exp(step), ratio * math.exp(-step)
         if order == 2:
-            target_denoised = sampling.dpmpp_2m_denoised(denoised(ratio), denoised(previous), 1.0)
+            target_denoised = sampling.dpmpp_2m_denoised(flow_denoised(ratio), flow_denoised(previous), 1.0)
         else:
             target_denoised = sampling.dpmpp_3m_denoised(
-                denoised(ratio), denoised(previous), denoised(earlier), 1.0, 1.0, step
+                flow_denoised(ratio), flow_denoised(previous), flow_denoised(earlier), 1.0, 1.0, step
             )
-        derivative = sampling.ode_derivative(exact(ratio), target_denoised, ratio)
-        return float((sampling.euler_step(exact(ratio), derivative, target - ratio) - exact(target)).abs())
+        return float((flow_euler_step(ratio, target_denoised, target) - exact_flow(target)).abs())
 
-    for order, low, high in ((2, 7, 9), (3, 14, 18)):
-        errors = [local_error(step, order) for step in (0.1, 0.05, 0.025)]
+    assert_local_orders({2: lambda step: local_error(step, 2), 3: lambda step: local_error(step, 3)})
+
+
+# A solution of the probability-flow ODE of N(μ, s²) in x̄(σ̄), for the local-order tests: x̄ = μ + c·√(s² + σ̄²).
+FLOW_MEAN, FLOW_SPREAD, FLOW_SCALE = 1.5, 0.5, 0.3
+
+
+def exact_flow(ratio: float) -> torch.Tensor:
+    return torch.tensor([FLOW_MEAN + FLOW_SCALE * math.sqrt(FLOW_SPREAD**2 + ratio**2)], dtype=torch.float64)
+
+
+def flow_denoised(ratio: float, scaled: torch.Tensor | None = None) -> torch.Tensor:
+    """x̂₀ = μ + (x̄ − μ)·s²/(s² + σ̄²) at x̄ = `scaled`, by default on the solution (μ + c·s²/√(s² + σ̄²))."""
+    scaled = exact_flow(ratio) if scaled is None else scaled
+    return FLOW_MEAN + (scaled - FLOW_MEAN) * FLOW_SPREAD**2 / (FLOW_SPREAD**2 + ratio**2)
+
+
+def flow_euler_step(ratio: float, target_denoised: torch.Tensor, target: float) -> torch.Tensor:
+    """The solvers' Euler step in x̄ from the solution at `ratio` to `target`, with x̂₀ replaced by `target_denoised`."""
+    derivative = sampling.ode_derivative(exact_flow(ratio), target_denoised, ratio)
+    return sampling.euler_step(exact_flow(ratio), derivative, target - ratio)
+
+
+def assert_local_orders(local_errors: dict, steps: tuple[float, ...] = (0.1, 0.05, 0.025)) -> None:
+    """Each `local_errors[p](h)` (one step of size h in log σ̄ from exact history) falls as h^{p+1} over `steps`:
+    halving h divides it by 2^{p+1}."""
+    bounds = {2: (7, 9), 3: (14, 18)}
+    for order, local_error in local_errors.items():
+        errors = [local_error(step) for step in steps]
         ratios = [errors[0] / errors[1], errors[1] / errors[2]]
+        low, high = bounds[order]
         assert all(low < r < high for r in ratios), (order, ratios)
+
+
+@pytest.mark.parametrize("sde_type", ["ve", "vp"])
+def test_unipc_converges_at_third_order(sde_type: str):
+    """Globally on the Gaussian flow: UniC's correction makes the 2M predictor third order at the same evaluations
+    (ratio 8 per halving, against 2M's 4), and far closer at 80."""
+    unipc = [probability_flow_error("unipc", n, sde_type) for n in (40, 80, 160)]
+    assert all(6.5 < unipc[k] / unipc[k + 1] < 10 for k in range(2)), unipc
+    second = [probability_flow_error("dpmpp_2m", n, sde_type) for n in (40, 80)]
+    assert second[0] / second[1] < 4.5, second
+    assert unipc[1] < second[1] / 3
+
+
+def test_unic_correction_raises_the_local_order():
+    """One 2M step from exact history at h = log(σ̄/σ̄'), then UniC's correction with the x̂₀ evaluated at the point it
+    reached: the step errs by O(h⁴) instead of O(h³), for equal and unequal steps (r = 1, 0.6; at σ̄ = s, and at
+    h ≤ 0.02, where h⁴ dominates: the correction leaves about 1/1000 of the predictor's error), and the trapezoidal
+    correction after an Euler step by O(h³) instead of O(h²)."""
+
+    def local_error(step: float, step_ratio: float | None, ratio: float = FLOW_SPREAD) -> float:
+        target = ratio * math.exp(-step)
+        if step_ratio is None:
+            previous, target_denoised = None, flow_denoised(ratio)
+        else:
+            previous = flow_denoised(ratio * math.exp(step_ratio * step))
+            target_denoised = sampling.dpmpp_2m_denoised(flow_denoised(ratio), previous, step_ratio)
+        predicted = flow_euler_step(ratio, target_denoised, target)
+        corrected = sampling.unic_corrected(
+            predicted, flow_denoised(target, predicted), flow_denoised(ratio), previous, step, step_ratio
+        )
+        return float((corrected - exact_flow(target)).abs())
+
+    assert_local_orders({2: lambda step: local_error(step, None)})
+    for step_ratio in (1.0, 0.6):
+        assert_local_orders({3: lambda step: local_error(step, step_ratio)}, steps=(0.02, 0.01, 0.005))
+
+
+def test_unipc_matches_diffusers_unipc_on_its_grid(mixture: GaussianMixture):
+    """On Diffusers' own grid (its timesteps given to `set_timesteps`, then the step to σ̄ = 0) `solver="unipc"` is
+    Diffusers' `UniPCMultistepScheduler` with its defaults (bh2, order 2, x̂₀ prediction, lower order at the last
+    step): the same `prev_sample` at every step but the last, to the float32 precision of Diffusers' noise levels.
+    The last step differs as documented: ours adds the correction of its start, x̄_c − x̄, to Diffusers' x̂₀ (Diffusers
+    keeps x_c as `last_sample`). DPM-Solver++(2M), the predictor alone, is far off."""
+    config = ddpm("linear")
+    x_T = torch.randn(64, DATA_DIM, generator=make_generator(4), dtype=torch.float64)
+
+    def beside_diffusers(solver: str):
+        """Both loops from x_T; the gaps between their samples after each step, their last samples, and Diffusers'
+        correction of the last step's start, in x̄."""
+        theirs = UniPCMultistepScheduler.from_config(config)
+        theirs.set_timesteps(10)
+        ours = ProbabilityFlowScheduler.from_config(config, solver=solver)
+        ours.set_timesteps(timesteps=theirs.timesteps)
+        torch.testing.assert_close(ours.timesteps, theirs.timesteps.float())
+        model = ExactScoreModel(mixture, ours)
+        sample = their_sample = x_T
+        gaps = []
+        for our_timestep, their_timestep in zip(ours.timesteps, theirs.timesteps):
+            start = sample
+            sample = ours.step(model(sample, our_timestep), our_timestep, sample).prev_sample
+            their_sample = theirs.step(model(their_sample, their_timestep), their_timestep, their_sample).prev_sample
+            gaps.append(float((sample - their_sample).abs().max()))
+        return gaps, sample, their_sample, (theirs.last_sample - start) / float(ours.grid.alphas[-1])
+
+    gaps, sample, their_sample, last_correction = beside_diffusers("unipc")
+    assert max(gaps[:-1]) < 1e-5, gaps
+    assert float(last_correction.abs().max()) > 1e-3
+    torch.testing.assert_close(sample, their_sample + last_correction, rtol=0, atol=1e-5)
+    predictor_gaps = beside_diffusers("dpmpp_2m")[0]
+    assert min(predictor_gaps[2:]) > 1e-3, predictor_gaps
 
 
 def test_churn_removes_the_prior_mismatch_the_flow_keeps():

@@ -97,8 +97,9 @@ def forward_process_coefficients(scheduler, timesteps: torch.Tensor) -> tuple[to
 
 
 def is_multistep(scheduler) -> bool:
-    """Whether the scheduler's steps combine past x̂₀ (DPM-Solver++ 2M / 3M)."""
-    return scheduler.config.get("solver") in ("dpmpp_2m", "dpmpp_3m") or scheduler.config.get("solver_order", 1) > 1
+    """Whether the scheduler's steps combine past x̂₀ (DPM-Solver++ 2M / 3M, UniPC)."""
+    multistep_solvers = ("dpmpp_2m", "dpmpp_3m", "unipc")
+    return scheduler.config.get("solver") in multistep_solvers or scheduler.config.get("solver_order", 1) > 1
 
 
 def assert_error_names_choices(error: pytest.ExceptionInfo, argument: str, accepted: tuple[str, ...]) -> None:
@@ -688,6 +689,9 @@ class TestProbabilityFlowScheduler(ScoreSchedulerCommonTest):
         {"solver": "dpmpp_3m", "timestep_type": "sigma"},
         {"sde_type": "vp", "solver": "dpmpp_3m", "prediction_type": "epsilon", "timestep_type": "discrete"},
         {"sde_type": "subvp", "solver": "dpmpp_3m", "s_churn": 20.0, "s_tmin": 0.5},
+        {"solver": "unipc", "timestep_type": "sigma"},
+        {"sde_type": "vp", "solver": "unipc", "prediction_type": "epsilon", "timestep_type": "discrete"},
+        {"solver": "unipc", "s_churn": 20.0, "s_tmin": 0.5},
     ]
 
     def expected_evaluations(self, scheduler, num_inference_steps: int) -> int:

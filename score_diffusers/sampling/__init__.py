@@ -16,6 +16,7 @@ from .ode import (
     euler_step,
     heun_step,
     ode_derivative,
+    unic_corrected,
 )
 from .predictors import add_noise, ancestral_step, euler_maruyama_step, reverse_diffusion_step, sde_dpmpp_step
 
@@ -38,4 +39,5 @@ __all__ = [
     "per_sample_norm",
     "reverse_diffusion_step",
     "sde_dpmpp_step",
+    "unic_corrected",
 ]

@@ -79,3 +79,39 @@ def churned_ratios(
 def churn_noise_std(raised_ratio: float, ratio: float, s_noise: float = 1.0) -> float:
     """s_noise·√(σ̄̂² − σ̄²): the std, in x̄, of the noise that raises a sample from σ̄ to σ̄̂."""
     return s_noise * math.sqrt(raised_ratio**2 - ratio**2)
+
+
+def unic_corrected(
+    scaled: torch.Tensor,
+    denoised_next: torch.Tensor,
+    denoised: torch.Tensor,
+    previous: torch.Tensor | None,
+    step: float,
+    step_ratio: float | None = None,
+) -> torch.Tensor:
+    """UniC's correction (bh2, data prediction; Zhao et al., 2023, https://arxiv.org/abs/2302.04867) of x̄' = `scaled`,
+    which a DPM-Solver++(2M) step (UniP-2 with bh2) reached from σ̄ to σ̄' = σ̄e^{−h}, h = `step`, with
+    x̂₀' = `denoised_next` evaluated at x̄' (the next step's evaluation, so no extra one). Tensors `(batch, *dims)`.
+
+    The exact flow is x̄' = e·x̄ + ∫₀ʰ e^{u−h} x̂₀(λ + u) du, e = e^{−h}, λ = −log σ̄. The predictor took
+    x̄' = e·x̄ + (1 − e)·[x̂₀_i + ½d], d = (x̂₀_i − x̂₀_{i−1})/r, r = `step_ratio` = h_{i−1}/h, x̂₀_i = `denoised`,
+    x̂₀_{i−1} = `previous`. UniC puts x̂₀_i + a·d + a'·(x̂₀' − x̂₀_i) in the bracket, the weights matching the integral's
+    Taylor moments ∫₀ʰ e^{u−h}(u/h)^k du = k!·(1 − e)·b_k for k = 1, 2: a + a' = b₁, −r·a + a' = b₂, with
+    b₁ = (1 − φ)/(1 − e), b₂ = (1 − 2(1 − φ)/h)/(1 − e), φ = (1 − e)/h. Returned: x̄' + (1 − e)·[(a − ½)·d +
+    a'·(x̂₀' − x̂₀_i)]; from exact history the corrected step errs by O(h⁴) (the predictor alone by O(h³)). After a
+    first-order (Euler) step, `previous` is None and the correction is x̄' + (1 − e)·½(x̂₀' − x̂₀_i), the
+    exponential trapezoidal rule, as in UniPC's reference code and Diffusers' `UniPCMultistepScheduler` (the solved
+    weight b₁ = ½ + O(h) is as accurate). Adding the difference to the given x̄', rather than recomputing it from x̄,
+    keeps a change that a pipeline made to the sample between the steps.
+    """
+    one_minus_e = -math.expm1(-step)
+    if previous is None:
+        return torch.add(scaled, denoised_next - denoised, alpha=0.5 * one_minus_e)
+    phi = one_minus_e / step
+    first = (1 - phi) / one_minus_e
+    second = (1 - 2 * (1 - phi) / step) / one_minus_e
+    new_weight = (step_ratio * first + second) / (1 + step_ratio)
+    slope_weight = (first - second) / (1 + step_ratio)
+    slope = (denoised - previous) / step_ratio
+    correction = torch.add((slope_weight - 0.5) * slope, denoised_next - denoised, alpha=new_weight)
+    return torch.add(scaled, correction, alpha=one_minus_e)

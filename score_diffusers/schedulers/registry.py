@@ -95,6 +95,12 @@ SCHEDULERS: dict[str, SchedulerRecipe] = {
         {"solver": "dpmpp_3m"},
         "probability-flow ODE, DPM-Solver++(3M) multistep: third order, 1 evaluation a step (2M at very few steps)",
     ),
+    "pf-unipc": SchedulerRecipe(
+        ProbabilityFlowScheduler,
+        {"solver": "unipc"},
+        "probability-flow ODE, UniPC (DPM-Solver++(2M) predictor + UniC corrector, bh2): third order, 1 evaluation a "
+        "step",
+    ),
     "sde-dpmpp-2m": SchedulerRecipe(
         SDEDPMSolverScheduler,
         {"solver_order": 2},

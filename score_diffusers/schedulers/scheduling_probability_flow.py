@@ -28,14 +28,14 @@ from .scheduling_utils import (
     TimestepType,
 )
 
-Solver = Literal["euler", "heun", "dpmpp_2m", "dpmpp_3m"]
-SOLVERS: tuple[str, ...] = ("euler", "heun", "dpmpp_2m", "dpmpp_3m")
-# Orders of the multistep solvers: how many past x̂₀ (plus the current one) a step combines.
-MULTISTEP_ORDERS: dict[str, int] = {"dpmpp_2m": 2, "dpmpp_3m": 3}
+Solver = Literal["euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc"]
+SOLVERS: tuple[str, ...] = ("euler", "heun", "dpmpp_2m", "dpmpp_3m", "unipc")
+# Orders of the multistep predictors: how many past x̂₀ (plus the current one) a step combines (UniPC's is 2M).
+MULTISTEP_ORDERS: dict[str, int] = {"dpmpp_2m": 2, "dpmpp_3m": 3, "unipc": 2}
 
 
 class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
-    """Probability-flow ODE sampler for VE, VP and sub-VP SDEs, with Euler, Heun or DPM-Solver++(2M / 3M) steps.
+    """Probability-flow ODE sampler for VE, VP and sub-VP SDEs, with Euler, Heun, DPM-Solver++(2M / 3M) or UniPC steps.
 
     The ODE dx/dt = f(t)x − ½g(t)²∇log p_t(x) has the SDE's marginals. With x̄ = x/α_t and σ̄ = σ_t/α_t it
     becomes dx̄/dσ̄ = (x̄ − x̂₀)/σ̄, x̂₀ = (x + σ_t²·score)/α_t the Tweedie estimate, which the solvers integrate:
@@ -44,11 +44,19 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
     replaced by x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r_i), where r_i = h_{i−1}/h_i and h_i = log(σ̄_i/σ̄_{i+1}); its first
     step has no history and stays Euler. `"dpmpp_3m"` is the third-order DPM-Solver++(3M) (the same paper), which
     adds x̂₀_{i−2} (`sampling.dpmpp_3m_denoised`, whose second difference is weighted for a local error O(h⁴)); it
-    starts with one Euler and one 2M step. The grid 1 = t_0 > … > t_{n−1} = ε is followed by a last Euler step to σ̄ = 0, which returns x̂₀.
+    starts with one Euler and one 2M step. `"unipc"` is UniPC-2 with bh2 and data prediction (Zhao et al., 2023,
+    https://arxiv.org/abs/2302.04867): the 2M step (UniP-2), then, at the start of the next step, UniC's correction of
+    the point it reached with the x̂₀ evaluated there (`sampling.unic_corrected`), which makes it third order at no
+    extra evaluation. As in Diffusers' `UniPCMultistepScheduler`, `prev_sample` is the predictor's result, the
+    correction is applied inside the next `step` (whose `pred_original_sample` is the uncorrected point's x̂₀), and
+    the sample from the last step (to σ̄ = 0) is not corrected. Unlike it, the last step keeps the correction of
+    its start: it returns x̂₀ + (x̄_c − x̄), x̄_c the corrected x̄ (DDIM's step x̄_c − σ̄·ε̂ with ε̂ = (x̄ − x̂₀)/σ̄
+    of the evaluated point), where Diffusers returns x̂₀ of the uncorrected point. The grid
+    1 = t_0 > … > t_{n−1} = ε is followed by a last Euler step to σ̄ = 0, which returns x̂₀ (plus that correction).
 
-    Model evaluations: n for `"euler"`, `"dpmpp_2m"` and `"dpmpp_3m"`; 2n − 1 for `"heun"` (two per interval, one for the last
-    step), laid out in `timesteps` as t_0, t_1, t_1, t_2, t_2, …, t_{n−1}, t_{n−1} like Diffusers'
-    `HeunDiscreteScheduler`.
+    Model evaluations: n for `"euler"`, `"dpmpp_2m"`, `"dpmpp_3m"` and `"unipc"`; 2n − 1 for `"heun"` (two per
+    interval, one for the last step), laid out in `timesteps` as t_0, t_1, t_1, t_2, t_2, …, t_{n−1}, t_{n−1} like
+    Diffusers' `HeunDiscreteScheduler`.
 
     With `s_churn` > 0 the sampler becomes the stochastic one of Karras et al. (Algorithm 2), at no extra model
     evaluation: each grid point i ≥ 1 with s_tmin ≤ σ̄_i ≤ s_tmax is raised to σ̄̂_i = min((1 + γ)σ̄_i, σ̄_0),
@@ -59,12 +67,13 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
     Each such round shrinks by (1 + γ) what the ODE cannot: the prior's mismatch with p_T, which a deterministic
     flow carries into the samples. Use it where that mismatch is the error, when σ_max is not far above the data's
     diameter (its largest pairwise distance), and only at σ̄ where p_σ̄ is still nearly Gaussian: s_tmin above
-    about half the diameter. A DPM-Solver++(2M) step that starts from a raised point is first-order.
+    about half the diameter. A DPM-Solver++(2M) step that starts from a raised point is first-order, and UniPC does
+    not correct a raised point.
 
     Args:
         num_train_timesteps (`int`, defaults to 1000): N, the `"discrete"` timestep scale.
         sde_type (`str`, defaults to `"ve"`): `"ve"`, `"vp"` or `"subvp"`.
-        solver (`str`, defaults to `"heun"`): `"euler"`, `"heun"`, `"dpmpp_2m"` or `"dpmpp_3m"`.
+        solver (`str`, defaults to `"heun"`): `"euler"`, `"heun"`, `"dpmpp_2m"`, `"dpmpp_3m"` or `"unipc"`.
         time_spacing (`str`, defaults to `"karras"`): the grid in t: `"uniform"` in t, `"log_sigma"` uniform in
             log σ̄, or `"karras"` (σ̄ spaced with ρ = 7).
         s_churn (`float`, defaults to 0.0): Karras et al.'s S_churn; 0 keeps the sampler deterministic.
@@ -203,17 +212,23 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
         score = self.convention.score_from_output(model_output, sigma)
         pred_original = self.convention.denoised(sample, score, alpha, sigma)
         scaled = sample if alpha == 1 else sample / alpha
-        target = self._multistep_denoised(pred_original, i) if self.config.solver in MULTISTEP_ORDERS else pred_original
-        derivative = sampling.ode_derivative(scaled, target, ratio)
+        if self.config.solver in MULTISTEP_ORDERS:
+            start, target = self._multistep(scaled, pred_original, i)
+        else:
+            start, target = scaled, pred_original
+        # UniC's corrected start would drop out of the last step (to σ̄ = 0: x̄ + (0 − σ̄)(x̄ − x̂₀)/σ̄ = x̂₀); there the
+        # derivative is taken at the evaluated point instead, so the step returns x̄_c − (x̄ − x̂₀) = x̂₀ + (x̄_c − x̄).
+        last = self._ratios[i + 1] == 0
+        derivative = sampling.ode_derivative(scaled if last else start, target, ratio)
         step = self._ratios[i + 1] - self._start_ratios[i]
         if kind == "correct":
             scaled_start, start_derivative = self._heun_state
             self._heun_state = None
             scaled_next = sampling.heun_step(scaled_start, start_derivative, derivative, step)
         else:
-            scaled_next = sampling.euler_step(scaled, derivative, step)
+            scaled_next = sampling.euler_step(start, derivative, step)
             if kind == "predict":
-                self._heun_state = (scaled, derivative)
+                self._heun_state = (start, derivative)
         # Heun's first half and the last step land on the grid; other steps land where the next interval starts.
         lands_on_grid = kind == "predict" or i + 1 == len(self._start_ratios)
         next_alpha = self._alphas[i + 1] if lands_on_grid else self._start_alphas[i + 1]
@@ -224,10 +239,13 @@ class ProbabilityFlowScheduler(ScoreSchedulerMixin, ConfigMixin):
             prev_sample = sampling.add_noise(prev_mean, self._noise_like(sample, generator), next_alpha * added_std)
         return self._step_output(index, prev_sample, prev_mean, pred_original, return_dict)
 
-    def _multistep_denoised(self, denoised: torch.Tensor, i: int) -> torch.Tensor:
-        """The multistep solvers' x̂₀ for the Euler step from point i (`MultistepHistory.combine`); a raised start
-        breaks the history."""
+    def _multistep(self, scaled: torch.Tensor, denoised: torch.Tensor, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The multistep solvers' start x̄ (UniC-corrected for `"unipc"`, `MultistepHistory.correct`) and x̂₀ for the
+        Euler step from point i (`MultistepHistory.combine`); a raised start breaks the history."""
+        history = self._denoised_history
         if self._start_ratios[i] > self._ratios[i]:
-            self._denoised_history.clear()
+            history.clear()
+        if self.config.solver == "unipc":
+            scaled = history.correct(scaled, denoised, i, self._start_ratios, self._ratios)
         order = MULTISTEP_ORDERS[self.config.solver]
-        return self._denoised_history.combine(denoised, i, order, self._start_ratios, self._ratios)
+        return scaled, history.combine(denoised, i, order, self._start_ratios, self._ratios)

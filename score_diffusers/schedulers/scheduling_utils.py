@@ -129,7 +129,8 @@ class ScoreSchedulerOutput(BaseOutput):
 
 
 class MultistepHistory:
-    """The x̂₀ of the last steps, for the DPM-Solver++ multistep solvers (probability flow and SDE alike)."""
+    """The x̂₀ of the last steps, for the DPM-Solver++ multistep solvers (probability flow and SDE alike) and UniPC's
+    corrector."""
 
     def __init__(self):
         self._values: list[torch.Tensor] = []
@@ -148,12 +149,32 @@ class MultistepHistory:
         self._values = [*self._values[-1:], denoised]
         if not past:
             return denoised
-        step = math.log(starts[i] / ratios[i + 1])
-        step_ratio = math.log(starts[i - 1] / ratios[i]) / step
+        step = _log_step(starts, ratios, i)
+        step_ratio = _log_step(starts, ratios, i - 1) / step
         if len(past) == 1:
             return sampling.dpmpp_2m_denoised(denoised, past[-1], step_ratio)
-        earlier_ratio = math.log(starts[i - 2] / ratios[i - 1]) / step
+        earlier_ratio = _log_step(starts, ratios, i - 2) / step
         return sampling.dpmpp_3m_denoised(denoised, past[-1], past[-2], step_ratio, earlier_ratio, step)
+
+    def correct(
+        self, scaled: torch.Tensor, denoised: torch.Tensor, i: int, starts: list[float], ratios: list[float]
+    ) -> torch.Tensor:
+        """UniC's correction (`sampling.unic_corrected`) of x̄ = `scaled` at point i, reached by the 2M step from
+        point i − 1 that `combine` built from this history, with `denoised` the x̂₀ evaluated at x̄. Call it before
+        `combine` records `denoised`. x̄ is returned as it is where the history is empty (the first step, after
+        `clear`)."""
+        if not self._values:
+            return scaled
+        step = _log_step(starts, ratios, i - 1)
+        if len(self._values) == 1:
+            return sampling.unic_corrected(scaled, denoised, self._values[-1], None, step)
+        step_ratio = _log_step(starts, ratios, i - 2) / step
+        return sampling.unic_corrected(scaled, denoised, self._values[-1], self._values[-2], step, step_ratio)
+
+
+def _log_step(starts: list[float], ratios: list[float], j: int) -> float:
+    """h_j = log(σ̄ at the start of step j / σ̄ where it lands)."""
+    return math.log(starts[j] / ratios[j + 1])
 
 
 class ScoreSchedulerMixin(SchedulerMixin):
