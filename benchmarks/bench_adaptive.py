@@ -34,8 +34,8 @@ PAPER_RULE = {"rtol": 0.05, "atol": 0.0078}
 def main() -> None:
     args = benchmark_arguments(__doc__)
     cases = {f"VE {name}": (mixture, {"sigma_min": SIGMA_MIN, "sigma_max": sigma_max})
-             for name, (mixture, sigma_max) in mixtures().items()}
-    centred = next(iter(mixtures().values()))[0]
+             for name, (mixture, sigma_max) in mixtures(args.mixture_seed, args.mean_scale).items()}
+    centred = next(iter(mixtures(args.mixture_seed, args.mean_scale).values()))[0]
     cases["VP, DDPM linear table"] = (centred, dict(DDPMScheduler(num_train_timesteps=1000).config))
     print("\n| SDE | sampler | NFE mean (max) | " + " | ".join(label for _, label in METRICS) + " |")
     print("|---|---|---:|" + "---:|" * len(METRICS))

@@ -713,6 +713,65 @@ class TestSDEDPMSolverScheduler(ScoreSchedulerCommonTest):
         return num_inference_steps
 
 
+@pytest.mark.parametrize("eta", [1.0, 0.4])
+def test_sde_noise_scale_caps_the_share_of_fresh_noise(eta):
+    """1 − e^{−2η_i·h} = min(1 − e^{−2ηh}, max_noise_refresh) above `min_ratio`; no noise below it or on the last
+    step; a cap of 1 keeps η."""
+    for h in (0.01, 0.05, 0.2, 0.5, 1.5):
+        ratio, next_ratio = 3.0, 3.0 * math.exp(-h)
+        scale = sampling.sde_noise_scale(eta, ratio, next_ratio, 0.2, min_ratio=1.0)
+        share = -math.expm1(-2 * scale * h)
+        assert share == pytest.approx(min(-math.expm1(-2 * eta * h), 0.2), rel=1e-12), h
+        assert sampling.sde_noise_scale(eta, ratio, next_ratio, 1.0) == eta
+        assert sampling.sde_noise_scale(eta, ratio, next_ratio, 0.2, min_ratio=3.5) == 0.0
+    assert sampling.sde_noise_scale(eta, 3.0, 0.0, 0.2) == 0.0
+
+
+@pytest.mark.parametrize("sde_type", ["ve", "vp"])
+def test_sde_dpm_solver_noise_follows_the_grid(mixture, sde_type):
+    """Each step after the prior-forgetting first one is `sde_dpmpp_step` at η_i = `sde_noise_scale`(η, ...), with
+    `s_tmin` defaulting to √(σ̄_ε·σ̄_T): deterministic below it, at most a share `max_noise_refresh` of fresh noise
+    above it; `max_noise_refresh=1, s_tmin=0` is the constant-η solver."""
+    for options, min_ratio, cap in (({}, None, 0.2), ({"max_noise_refresh": 1.0, "s_tmin": 0.0}, 0.0, 1.0)):
+        scheduler = SDEDPMSolverScheduler(sde_type=sde_type, solver_order=1, **options)
+        low, high = (float(r) for r in scheduler.convention.noise_to_signal_range())
+        min_ratio = math.sqrt(low * high) if min_ratio is None else min_ratio
+        scheduler.set_timesteps(12)
+        model = ExactScoreModel(mixture, scheduler)
+        sample = prior_sample(scheduler, FLAT_SHAPE, make_generator(2), torch.float64)
+        grid = scheduler.grid
+        ratios = (grid.sigmas / grid.alphas).tolist()
+        next_ratios = [*ratios[1:], 0.0]
+        noisy_steps = quiet_steps = 0
+        for index, timestep in enumerate(scheduler.timesteps):
+            output = scheduler.step(model(sample, timestep), timestep, sample, generator=make_generator(index))
+            if index > 0 and next_ratios[index] > 0:
+                eta = sampling.sde_noise_scale(1.0, ratios[index], next_ratios[index], cap, min_ratio)
+                alpha, next_alpha = float(grid.alphas[index]), float(grid.next_alphas[index])
+                mean, std = sampling.sde_dpmpp_step(
+                    sample / alpha, output.pred_original_sample, ratios[index], next_ratios[index], eta
+                )
+                noise = torch.randn(sample.shape, generator=make_generator(index), dtype=torch.float64)
+                torch.testing.assert_close(output.prev_sample_mean, mean * next_alpha, rtol=1e-9, atol=1e-9)
+                torch.testing.assert_close(
+                    output.prev_sample, (mean + std * noise) * next_alpha, rtol=1e-9, atol=1e-9
+                )
+                noisy_steps += eta > 0
+                quiet_steps += eta == 0
+            sample = output.prev_sample
+        assert noisy_steps > 0 and (quiet_steps > 0) == (min_ratio > 0), (options, noisy_steps, quiet_steps)
+
+
+@pytest.mark.parametrize(
+    "options, argument",
+    [({"max_noise_refresh": 0.0}, "max_noise_refresh"), ({"max_noise_refresh": 1.5}, "max_noise_refresh"),
+     ({"s_tmin": -1.0}, "s_tmin")],
+)
+def test_sde_dpm_solver_refuses_a_bad_noise_range(options, argument):
+    with pytest.raises(ValueError, match=argument):
+        SDEDPMSolverScheduler(**options)
+
+
 def test_every_score_scheduler_runs_the_common_tests():
     tested = {test_class.scheduler_class for test_class in ScoreSchedulerCommonTest.__subclasses__()}
     assert tested == set(ScoreSchedulerMixin._score_scheduler_classes)

@@ -18,7 +18,14 @@ from .ode import (
     ode_derivative,
     unic_corrected,
 )
-from .predictors import add_noise, ancestral_step, euler_maruyama_step, reverse_diffusion_step, sde_dpmpp_step
+from .predictors import (
+    add_noise,
+    ancestral_step,
+    euler_maruyama_step,
+    reverse_diffusion_step,
+    sde_dpmpp_step,
+    sde_noise_scale,
+)
 
 __all__ = [
     "AdaptiveSDEOutput",
@@ -39,5 +46,6 @@ __all__ = [
     "per_sample_norm",
     "reverse_diffusion_step",
     "sde_dpmpp_step",
+    "sde_noise_scale",
     "unic_corrected",
 ]

@@ -7,6 +7,8 @@ b² = σ_t² − a²σ_s². Each function returns the noise-free mean of x_s and
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 
@@ -46,6 +48,20 @@ def sde_dpmpp_step(
     shrink = (next_ratio / ratio) ** (1 + eta)
     mean = torch.add(scaled * shrink, denoised, alpha=1 - shrink)
     return mean, next_ratio * (1 - (next_ratio / ratio) ** (2 * eta)) ** 0.5
+
+
+def sde_noise_scale(
+    eta: float, ratio: float, next_ratio: float, max_noise_refresh: float = 1.0, min_ratio: float = 0.0
+) -> float:
+    """η_i of one SDE-DPM-Solver++ step from σ̄ = `ratio` to σ̄' = σ̄·e^{−h}: 0 below σ̄ = `min_ratio` (the
+    probability-flow step there), else min(η, h*/h) with h* = −½·log(1 − `max_noise_refresh`), so that the share of
+    the sample's noise variance the step replaces with fresh noise, 1 − e^{−2η_i·h}, is
+    min(1 − e^{−2ηh}, `max_noise_refresh`). The last step (σ̄' = 0) takes no noise either way."""
+    if ratio < min_ratio or next_ratio == 0 or max_noise_refresh == 0:
+        return 0.0
+    if max_noise_refresh == 1:
+        return eta
+    return min(eta, -0.5 * math.log1p(-max_noise_refresh) / math.log(ratio / next_ratio))
 
 
 def add_noise(mean: torch.Tensor, noise: torch.Tensor, std: float | torch.Tensor) -> torch.Tensor:

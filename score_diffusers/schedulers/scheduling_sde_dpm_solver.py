@@ -49,15 +49,27 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
     but its offset, and x̂₀(x_T) at σ_max is the data's mean to within (s/σ_max)², so the chain starts from p_T's
     mean at no extra evaluation and with no noise range to set from the data's scale.
 
+    After the first step the noise follows the grid: step i takes η_i = `sampling.sde_noise_scale`'s
+    min(η, h*/h_i), h* = −½·log(1 − `max_noise_refresh`), so that no step replaces more than a share
+    `max_noise_refresh` of the sample's noise variance (a long step's stochastic error outweighs what its fresh noise
+    forgets), and η_i = 0 below σ̄ = `s_tmin`, by default the geometric middle √(σ̄_ε·σ̄_T) of the scheduler's range:
+    mode weights are set at large σ̄, where later steps shrink a noisy step's error away, while below it the noise's
+    error shows as spread the remaining steps keep. So few steps sample nearly the probability-flow ODE after the
+    prior-forgetting step, many steps the reverse SDE in the upper half of the range.
+
     Model evaluations: n, one per entry of `timesteps`.
 
     Args:
         num_train_timesteps (`int`, defaults to 1000): N, the `"discrete"` timestep scale.
         sde_type (`str`, defaults to `"ve"`): `"ve"`, `"vp"` or `"subvp"`.
         solver_order (`int`, defaults to 2): 1 or 2.
-        eta (`float`, defaults to 1.0): the noise scale η ∈ [0, 1]. On VE at 20 evaluations or fewer, `eta=0` (the
-            probability-flow ODE after the prior-forgetting first step) samples better than 1; at 50, 1 does
-            (README, `bench_stochastic.py`; registry name `"pf-dpmpp-2m-forget-prior"`).
+        eta (`float`, defaults to 1.0): the noise scale η ∈ [0, 1], the largest η_i: 1 solves the reverse SDE, 0 the
+            probability-flow ODE after the prior-forgetting first step (registry name `"pf-dpmpp-2m-forget-prior"`).
+        max_noise_refresh (`float`, defaults to 0.2): the largest share of the sample's noise variance one step
+            replaces with fresh noise, in (0, 1]; 1 leaves η_i = η.
+        s_tmin (`float`, *optional*): the σ̄ below which steps take no noise; defaults to √(σ̄_ε·σ̄_T), and 0 adds
+            noise down to the end. `max_noise_refresh=1, s_tmin=0` is SDE-DPM-Solver++ with a constant η, as in
+            k-diffusion and Diffusers.
         forget_prior (`bool`, defaults to `True`): take the first step with η = ∞ (see above).
         time_spacing (`str`, defaults to `"log_sigma"`): `"uniform"` in t, `"log_sigma"` or `"karras"` (ρ = 7).
         sigma_min, sigma_max, beta_min, beta_max, beta_schedule, beta_start, beta_end, trained_betas,
@@ -73,6 +85,8 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
         sde_type: SDEType = "ve",
         solver_order: int = 2,
         eta: float = 1.0,
+        max_noise_refresh: float = 0.2,
+        s_tmin: float | None = None,
         forget_prior: bool = True,
         time_spacing: TimeSpacing = "log_sigma",
         sigma_min: float = 0.01,
@@ -91,7 +105,12 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
         if solver_order > 2:
             raise ValueError(f"`solver_order` must be 1 or 2; got {solver_order}.")
         check_number("eta", eta, 0, 1)
+        check_number("max_noise_refresh", max_noise_refresh, 0, 1, low_open=True)
+        check_number("s_tmin", s_tmin, 0, allow_none=True, none_means="for √(σ̄_ε·σ̄_T)")
         self._configure(dict(self.config), {"time_spacing": TIME_SPACINGS})
+        if s_tmin is None:
+            s_tmin = math.sqrt(math.prod(float(ratio) for ratio in self.convention.noise_to_signal_range()))
+        self._noise_min_ratio = s_tmin
 
     def set_timesteps(
         self,
@@ -152,7 +171,12 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
         pred_original = self.convention.denoised(sample, score, alpha, sigma)
         target = self._denoised_history.combine(pred_original, i, self.config.solver_order, self._ratios, self._ratios)
         scaled = sample if alpha == 1 else sample / alpha
-        eta = math.inf if i == 0 and self.config.forget_prior else self.config.eta
+        if i == 0 and self.config.forget_prior:
+            eta = math.inf
+        else:
+            eta = sampling.sde_noise_scale(
+                self.config.eta, ratio, next_ratio, self.config.max_noise_refresh, self._noise_min_ratio
+            )
         scaled_mean, std = sampling.sde_dpmpp_step(scaled, target, ratio, next_ratio, eta)
         next_alpha = self._alphas[i + 1]
         prev_mean = scaled_mean if next_alpha == 1 else scaled_mean * next_alpha
