@@ -9,7 +9,7 @@
    (guidance costs one classifier forward and backward per model evaluation).
 
 Issue 13's digits bar, with `--low-nfe` (only this table is run): FD at exactly 10 and 20 model evaluations for the
-package's `ProbabilityFlowScheduler` (`dpmpp_3m`, `dpmpp_2m`) and `SDEDPMSolverScheduler` (defaults, `eta=0`, and
+package's `ProbabilityFlowScheduler` (`dpmpp_3m`, `dpmpp_2m`, `unipc`) and `SDEDPMSolverScheduler` (defaults, `eta=0`, and
 `eta=0` with its grid ended by hand at t = 0.02) in `ScoreGuidedPipeline`, beside Diffusers'
 `DPMSolverMultistepScheduler` (orders 2 and 3), `SASolverScheduler` and `UniPCMultistepScheduler` in Diffusers' own
 `DDPMPipeline`, and `DDPMScheduler` at 1000 steps; all on the same DDPM, seeds and number of samples, FD ± the standard
@@ -220,7 +220,7 @@ def low_nfe_schedulers(ddpm_config) -> dict[str, tuple[Callable[[], object], boo
             f"ProbabilityFlow {solver}": (
                 lambda solver=solver: ProbabilityFlowScheduler.from_config(ddpm_config, solver=solver), False
             )
-            for solver in ("dpmpp_3m", "dpmpp_2m")
+            for solver in ("dpmpp_3m", "dpmpp_2m", "unipc")
         },
         "SDEDPMSolver": (lambda: SDEDPMSolverScheduler.from_config(ddpm_config), False),
         "SDEDPMSolver eta=0": (lambda: SDEDPMSolverScheduler.from_config(ddpm_config, eta=0.0), False),

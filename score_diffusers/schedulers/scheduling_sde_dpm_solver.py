@@ -65,7 +65,7 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
         solver_order (`int`, defaults to 2): 1 or 2.
         eta (`float`, defaults to 1.0): the noise scale η ∈ [0, 1], the largest η_i: 1 solves the reverse SDE, 0 the
             probability-flow ODE after the prior-forgetting first step (registry name `"pf-dpmpp-2m-forget-prior"`).
-        max_noise_refresh (`float`, defaults to 0.2): the largest share of the sample's noise variance one step
+        max_noise_refresh (`float`, defaults to 0.4): the largest share of the sample's noise variance one step
             replaces with fresh noise, in (0, 1]; 1 leaves η_i = η.
         s_tmin (`float`, *optional*): the σ̄ below which steps take no noise; defaults to √(σ̄_ε·σ̄_T), and 0 adds
             noise down to the end. `max_noise_refresh=1, s_tmin=0` is SDE-DPM-Solver++ with a constant η, as in
@@ -85,7 +85,7 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
         sde_type: SDEType = "ve",
         solver_order: int = 2,
         eta: float = 1.0,
-        max_noise_refresh: float = 0.2,
+        max_noise_refresh: float = 0.4,
         s_tmin: float | None = None,
         forget_prior: bool = True,
         time_spacing: TimeSpacing = "log_sigma",
