@@ -236,6 +236,8 @@ def quality_rows(
         ("VP", "PF UniPC (ours) (log σ)",
          ours_on_ddpm(ProbabilityFlowScheduler, solver="unipc", time_spacing="log_sigma"), [10, 20]),
         ("VP", "SDE-DPM-Solver++(2M) (defaults)", ours_on_ddpm(SDEDPMSolverScheduler), [10, 20, 50]),
+        ("VP", "SDE-DPM-Solver++(2M), max_noise_refresh=0.2",
+         ours_on_ddpm(SDEDPMSolverScheduler, max_noise_refresh=0.2), [10, 20, 50]),
         ("VP", "SDE-DPM-Solver++(2M), eta=0 (log σ)", ours_on_ddpm(SDEDPMSolverScheduler, eta=0.0), [10, 20]),
         ("VP", "SDE-DPM-Solver++(2M), eta=0, grid ending at t = 0.02 (σ̄ ≈ 0.08; hand-set)",
          ours_on_ddpm(SDEDPMSolverScheduler, eta=0.0, sampling_eps=0.02), [10, 20]),

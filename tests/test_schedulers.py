@@ -725,6 +725,10 @@ def test_sde_noise_scale_caps_the_share_of_fresh_noise(eta):
         assert sampling.sde_noise_scale(eta, ratio, next_ratio, 1.0) == eta
         assert sampling.sde_noise_scale(eta, ratio, next_ratio, 0.2, min_ratio=3.5) == 0.0
     assert sampling.sde_noise_scale(eta, 3.0, 0.0, 0.2) == 0.0
+    assert sampling.sde_noise_scale(eta, 3.0, 1.0, 0.2, min_ratio=3.0) > 0
+    for next_ratio in (3.0, 4.0):
+        with pytest.raises(ValueError, match="lower the noise level"):
+            sampling.sde_noise_scale(eta, 3.0, next_ratio, 0.2)
 
 
 @pytest.mark.parametrize("sde_type", ["ve", "vp"])
@@ -736,6 +740,8 @@ def test_sde_dpm_solver_noise_follows_the_grid(mixture, sde_type):
         scheduler = SDEDPMSolverScheduler(sde_type=sde_type, solver_order=1, **options)
         cap = scheduler.config.max_noise_refresh
         low, high = (float(r) for r in scheduler.convention.noise_to_signal_range())
+        if sde_type == "ve":
+            assert (low, high) == pytest.approx((0.01, 50.0), rel=1e-3)
         min_ratio = math.sqrt(low * high) if min_ratio is None else min_ratio
         scheduler.set_timesteps(12)
         model = ExactScoreModel(mixture, scheduler)
@@ -757,6 +763,10 @@ def test_sde_dpm_solver_noise_follows_the_grid(mixture, sde_type):
                 torch.testing.assert_close(
                     output.prev_sample, (mean + std * noise) * next_alpha, rtol=1e-9, atol=1e-9
                 )
+                # The share of fresh noise, read off the sample itself.
+                added = (output.prev_sample - output.prev_sample_mean) / next_alpha
+                share = float(added.pow(2).mean() / noise.pow(2).mean()) / next_ratios[index] ** 2
+                assert share <= cap + 1e-9 and (share > 0) == (ratios[index] >= min_ratio), (index, share)
                 noisy_steps += eta > 0
                 quiet_steps += eta == 0
             sample = output.prev_sample

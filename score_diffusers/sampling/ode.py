@@ -96,7 +96,7 @@ def unic_corrected(
     The exact flow is x̄' = e·x̄ + ∫₀ʰ e^{u−h} x̂₀(λ + u) du, e = e^{−h}, λ = −log σ̄. The predictor took
     x̄' = e·x̄ + (1 − e)·[x̂₀_i + ½d], d = (x̂₀_i − x̂₀_{i−1})/r, r = `step_ratio` = h_{i−1}/h, x̂₀_i = `denoised`,
     x̂₀_{i−1} = `previous`. UniC puts x̂₀_i + a·d + a'·(x̂₀' − x̂₀_i) in the bracket, the weights matching the integral's
-    Taylor moments ∫₀ʰ e^{u−h}(u/h)^k du = k!·(1 − e)·b_k for k = 1, 2: a + a' = b₁, −r·a + a' = b₂, with
+    Taylor moments ∫₀ʰ e^{u−h}(u/h)^k du = (1 − e)·b_k for k = 1, 2: a + a' = b₁, −r·a + a' = b₂, with
     b₁ = (1 − φ)/(1 − e), b₂ = (1 − 2(1 − φ)/h)/(1 − e), φ = (1 − e)/h. Returned: x̄' + (1 − e)·[(a − ½)·d +
     a'·(x̂₀' − x̂₀_i)]; from exact history the corrected step errs by O(h⁴) (the predictor alone by O(h³)). After a
     first-order (Euler) step, `previous` is None and the correction is x̄' + (1 − e)·½(x̂₀' − x̂₀_i), the

@@ -57,6 +57,8 @@ def sde_noise_scale(
     probability-flow step there), else min(η, h*/h) with h* = −½·log(1 − `max_noise_refresh`), so that the share of
     the sample's noise variance the step replaces with fresh noise, 1 − e^{−2η_i·h}, is
     min(1 − e^{−2ηh}, `max_noise_refresh`). The last step (σ̄' = 0) takes no noise either way."""
+    if not 0 <= next_ratio < ratio:
+        raise ValueError(f"A step must lower the noise level: got σ̄ = {ratio} to σ̄' = {next_ratio}.")
     if ratio < min_ratio or next_ratio == 0 or max_noise_refresh == 0:
         return 0.0
     if max_noise_refresh == 1:

@@ -123,8 +123,9 @@ SCHEDULERS: dict[str, SchedulerRecipe] = {
 
 # The sampler a model gets when it arrives with a Diffusers scheduler, and the one training saves: VP's
 # probability-flow ODE samples well in few evaluations; VE's samples noticeably worse than its SDE, and
-# SDE-DPM-Solver++(2M) with its noise defaults is on the noise floor of the exact-score mixtures at 50 evaluations and
-# ahead of Diffusers' ScoreSdeVeScheduler at 200 with 20 (README, `bench_stochastic.py`).
+# SDE-DPM-Solver++(2M) with its noise defaults is on the noise floor of the exact-score mixtures at 50 evaluations and,
+# on the centred and the uncentred bar mixture, level with or ahead of Diffusers' ScoreSdeVeScheduler at 200 with 20
+# (README, `bench_stochastic.py`).
 DEFAULT_SCHEDULERS: dict[str, str] = {"ve": "sde-dpmpp-2m", "vp": "pf", "subvp": "pf"}
 
 

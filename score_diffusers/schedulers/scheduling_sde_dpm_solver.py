@@ -37,25 +37,26 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
 
     with D_i = x̂₀_i (`solver_order=1`, which with η = 1 is ancestral sampling: a draw from the Gaussian posterior
     q(x_{i+1} | x_i, x̂₀)) or DPM-Solver++(2M)'s x̂₀_i + (x̂₀_i − x̂₀_{i−1})/(2r_i), r_i = h_{i−1}/h_i (the default,
-    second order in the drift). `eta` scales the noise: 1 solves the reverse SDE, 0 is the probability-flow ODE.
+    second order in the drift). η scales the noise: 1 solves the reverse SDE, 0 is the probability-flow ODE; each
+    step's η is set from `eta` and the grid as below.
     The grid 1 = t_0 > … > t_{n−1} = ε follows `time_spacing` as in `ProbabilityFlowScheduler`, and a last step
     to σ̄ = 0 returns x̂₀.
 
-    Unlike the deterministic flow, every step replaces a share 1 − e^{−2h} of the sample's noise with fresh noise.
-    That alone does not forget the prior's mismatch with p_T: x_T ~ N(0, σ_max²I) misses p_T's mean, the data's,
+    Unlike the deterministic flow, a step at η = 1 replaces a share 1 − e^{−2h} of the sample's noise with fresh
+    noise. That alone does not forget the prior's mismatch with p_T: x_T ~ N(0, σ_max²I) misses p_T's mean, the data's,
     and the reverse SDE shrinks that offset only by ≈ (s² + σ_t²)/(s² + σ_max²) by time t (data spread s), still
     far from 0 where the modes separate when the data's mean is large against σ_max (images in [0, 1]). With
     `forget_prior` (the default) the first step is taken with η = ∞, x̄₁ = x̂₀(x_T) + σ̄₁·z: x_T holds no information
     but its offset, and x̂₀(x_T) at σ_max is the data's mean to within (s/σ_max)², so the chain starts from p_T's
     mean at no extra evaluation and with no noise range to set from the data's scale.
 
-    After the first step the noise follows the grid: step i takes η_i = `sampling.sde_noise_scale`'s
-    min(η, h*/h_i), h* = −½·log(1 − `max_noise_refresh`), so that no step replaces more than a share
+    Every other step's noise follows the grid: step i takes η_i = `sampling.sde_noise_scale`'s min(η, h*/h_i), h* = −½·log(1 − `max_noise_refresh`), so that no step replaces more than a share
     `max_noise_refresh` of the sample's noise variance (a long step's stochastic error outweighs what its fresh noise
     forgets), and η_i = 0 below σ̄ = `s_tmin`, by default the geometric middle √(σ̄_ε·σ̄_T) of the scheduler's range:
     mode weights are set at large σ̄, where later steps shrink a noisy step's error away, while below it the noise's
-    error shows as spread the remaining steps keep. So few steps sample nearly the probability-flow ODE after the
-    prior-forgetting step, many steps the reverse SDE in the upper half of the range.
+    error shows as spread the remaining steps keep. So the fewer the steps, the less noise each takes (a share
+    `max_noise_refresh` at most), and with steps of h ≤ h* the upper half of the range is the reverse SDE itself;
+    the lower half is always the probability-flow ODE.
 
     Model evaluations: n, one per entry of `timesteps`.
 
@@ -67,8 +68,9 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
             probability-flow ODE after the prior-forgetting first step (registry name `"pf-dpmpp-2m-forget-prior"`).
         max_noise_refresh (`float`, defaults to 0.4): the largest share of the sample's noise variance one step
             replaces with fresh noise, in (0, 1]; 1 leaves η_i = η.
-        s_tmin (`float`, *optional*): the σ̄ below which steps take no noise; defaults to √(σ̄_ε·σ̄_T), and 0 adds
-            noise down to the end. `max_noise_refresh=1, s_tmin=0` is SDE-DPM-Solver++ with a constant η, as in
+        s_tmin (`float`, *optional*): the σ̄ below which steps take no noise (the role of `ProbabilityFlowScheduler`'s
+            `s_tmin` for its churn, so `from_config` carries a value set there); defaults to √(σ̄_ε·σ̄_T), and 0
+            adds noise down to the end. `max_noise_refresh=1, s_tmin=0` is SDE-DPM-Solver++ with a constant η, as in
             k-diffusion and Diffusers.
         forget_prior (`bool`, defaults to `True`): take the first step with η = ∞ (see above).
         time_spacing (`str`, defaults to `"log_sigma"`): `"uniform"` in t, `"log_sigma"` or `"karras"` (ρ = 7).
