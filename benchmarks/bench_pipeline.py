@@ -9,8 +9,8 @@
    (guidance costs one classifier forward and backward per model evaluation).
 
 Issue 13's digits bar, with `--low-nfe` (only this table is run): FD at exactly 10 and 20 model evaluations for the
-package's `ProbabilityFlowScheduler` (`dpmpp_3m`, `dpmpp_2m`, `unipc`) and `SDEDPMSolverScheduler` (defaults, `eta=0`, and
-`eta=0` with its grid ended by hand at t = 0.02) in `ScoreGuidedPipeline`, beside Diffusers'
+package's `ProbabilityFlowScheduler` (`dpmpp_3m`, `dpmpp_2m`, `unipc`) and `SDEDPMSolverScheduler` (defaults,
+`eta=0`, and `eta=0` with its grid ended by hand at t = 0.02) in `ScoreGuidedPipeline`, beside Diffusers'
 `DPMSolverMultistepScheduler` (orders 2 and 3), `SASolverScheduler` and `UniPCMultistepScheduler` in Diffusers' own
 `DDPMPipeline`, and `DDPMScheduler` at 1000 steps; all on the same DDPM, seeds and number of samples, FD ± the standard
 deviation over bootstrap resamples of the generated samples.

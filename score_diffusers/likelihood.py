@@ -373,8 +373,8 @@ def _drift_and_divergence(
             divergence = torch.stack(estimates, dim=1)
     if not all_finite(divergence):
         raise SamplingError(
-            f"the divergence of the drift is NaN or infinite at t = {flow.time(tau):.6g}: the model's derivative with respect to "
-            "its input is not finite, though its output was; the solve stopped."
+            f"the divergence of the drift is NaN or infinite at t = {flow.time(tau):.6g}: the model's derivative "
+            "with respect to its input is not finite, though its output was; the solve stopped."
         )
     return drift.detach(), divergence.detach()
 

@@ -34,6 +34,11 @@ _STATE_FILES = ("optimizer.bin", "scheduler.bin")
 _INDEX_NAME = "model_index.json"
 
 
+def checkpoint_dir(output_dir: Path, step: int) -> Path:
+    """The folder of the checkpoint at `step` in `output_dir`: `checkpoint-<step>`."""
+    return output_dir / f"{CHECKPOINT_PREFIX}{step}"
+
+
 def checkpoint_step(path: str | Path) -> int:
     """The step of a `checkpoint-<step>` folder; a `ValueError` for any other name."""
     match = _CHECKPOINT_PATTERN.match(Path(path).name)
@@ -166,7 +171,7 @@ def save_checkpoint(
     if limit is not None:
         # A limit below 1 would leave no room for the checkpoint just written.
         check_int("checkpoints_total_limit", limit, 1)
-    final = output_dir / f"{CHECKPOINT_PREFIX}{step}"
+    final = checkpoint_dir(output_dir, step)
     partial = output_dir / f".{final.name}.partial"
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)

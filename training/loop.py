@@ -27,7 +27,7 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from .arguments import config_for_logging
-from .checkpoints import CHECKPOINT_PREFIX, load_ema, resolve_resume_checkpoint, save_checkpoint
+from .checkpoints import checkpoint_dir, load_ema, resolve_resume_checkpoint, save_checkpoint
 from .data import EpochBatchSampler, ImageBatchDataset, check_batch_size, micro_batches
 from .samples import GridFunction, save_sample_grid
 
@@ -99,7 +99,7 @@ def _finite_on_every_process(accelerator: Accelerator, finite: bool) -> bool:
 def _diverged(output_dir: Path, what: str, last_checkpoint_step: int) -> TrainingDivergedError:
     """The error for a run whose `what` turned non-finite, naming its own last checkpoint in `output_dir` (the one
     at `last_checkpoint_step`, which it wrote or resumed from; 0 for none), not another run's newer one."""
-    path = output_dir / f"{CHECKPOINT_PREFIX}{last_checkpoint_step}"
+    path = checkpoint_dir(output_dir, last_checkpoint_step)
     if last_checkpoint_step == 0:
         kept = "this run had written no checkpoint"
     elif path.is_dir():

@@ -50,10 +50,10 @@ class SDEDPMSolverScheduler(ScoreSchedulerMixin, ConfigMixin):
     but its offset, and x̂₀(x_T) at σ_max is the data's mean to within (s/σ_max)², so the chain starts from p_T's
     mean at no extra evaluation and with no noise range to set from the data's scale.
 
-    Every other step's noise follows the grid: step i takes η_i = `sampling.sde_noise_scale`'s min(η, h*/h_i), h* = −½·log(1 − `max_noise_refresh`), so that no step replaces more than a share
-    `max_noise_refresh` of the sample's noise variance (a long step's stochastic error outweighs what its fresh noise
-    forgets), and η_i = 0 below σ̄ = `s_tmin`, by default the geometric middle √(σ̄_ε·σ̄_T) of the scheduler's range:
-    mode weights are set at large σ̄, where later steps shrink a noisy step's error away, while below it the noise's
+    Every other step's noise follows the grid: step i takes η_i = `sampling.sde_noise_scale`'s min(η, h*/h_i),
+    h* = −½·log(1 − `max_noise_refresh`), so that no step replaces more than a share `max_noise_refresh` of the
+    sample's noise variance (a long step's stochastic error outweighs what its fresh noise forgets), and η_i = 0
+    below σ̄ = `s_tmin`, by default the geometric middle √(σ̄_ε·σ̄_T) of the scheduler's range: mode weights are set at large σ̄, where later steps shrink a noisy step's error away, while below it the noise's
     error shows as spread the remaining steps keep. So the fewer the steps, the less noise each takes (a share
     `max_noise_refresh` at most), and with steps of h ≤ h* the upper half of the range is the reverse SDE itself;
     the lower half is always the probability-flow ODE.
